@@ -1,0 +1,57 @@
+//! skiff's gRPC protocol (`skiff.v1`) and what skiffd and the `skiff` CLI both need to speak it over a
+//! unix socket. This crate is deliberately small: the CLI links it and nothing of the daemon (no RocksDB, no
+//! FUSE, no registry client).
+
+pub mod v1 {
+    //! Generated messages, clients and servers of `proto/skiff/v1/skiff.proto`.
+    tonic::include_proto!("skiff.v1");
+}
+
+use std::path::{Path, PathBuf};
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Where skiffd listens unless told otherwise.
+pub const DEFAULT_ADDRESS: &str = "/run/skiff/skiffd.sock";
+
+/// The namespace used when a client names none, as in containerd.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Opens a gRPC channel to a server on the unix socket `path`.
+///
+/// The connection is made eagerly so a missing or dead daemon is reported here, naming the socket.
+pub async fn connect(path: impl AsRef<Path>) -> Result<Channel, ConnectError> {
+    let path: PathBuf = path.as_ref().to_path_buf();
+    let socket = path.clone();
+    // The URI is required by tonic but unused: every connection goes to the socket.
+    Endpoint::from_static("http://skiffd.invalid")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move { UnixStream::connect(socket).await.map(TokioIo::new) }
+        }))
+        .await
+        .map_err(|source| ConnectError { path, source })
+}
+
+/// The daemon could not be reached on its socket.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to skiffd at {}{}", path.display(), causes(source))]
+pub struct ConnectError {
+    pub path: PathBuf,
+    #[source]
+    pub source: tonic::transport::Error,
+}
+
+/// tonic's transport error hides the io error ("connection refused", "no such file") in its sources.
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut text = String::new();
+    let mut cause = err.source();
+    while let Some(err) = cause {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        cause = err.source();
+    }
+    text
+}

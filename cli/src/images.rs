@@ -1,0 +1,221 @@
+//! `skiff image pull|ls|rm|info`.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use skiff_api::v1::{self, images_client::ImagesClient, pull_progress::Event};
+use tokio_stream::StreamExt;
+
+use crate::output;
+use crate::Ctx;
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Fetch an image from its registry into the content store.
+    Pull {
+        /// Image reference: HOST[:PORT]/REPO[:TAG][@sha256:DIGEST]; `busybox` means docker.io/library/busybox:latest.
+        reference: String,
+        /// Speak plain HTTP to the registry (for a local registry without TLS).
+        #[arg(long)]
+        plain_http: bool,
+        /// Registry credentials, USER:PASS (otherwise skiffd's docker config.json is used).
+        #[arg(long, value_name = "USER:PASS")]
+        user: Option<String>,
+    },
+    /// List images.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Print only the names.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Remove images; blobs no other image uses are deleted.
+    #[command(visible_alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Show an image's target, platform manifest, config and layers.
+    Info { name: String },
+}
+
+pub async fn run(ctx: &Ctx, command: ImageCommand) -> anyhow::Result<()> {
+    let mut client = ImagesClient::new(ctx.channel.clone());
+    let namespace = ctx.namespace.clone();
+    match command {
+        ImageCommand::Pull {
+            reference,
+            plain_http,
+            user,
+        } => pull(&mut client, namespace, reference, plain_http, user).await,
+        ImageCommand::Ls { quiet } => {
+            let images = client
+                .list(v1::ListImagesRequest { namespace })
+                .await
+                .map_err(output::status)
+                .context("list images")?
+                .into_inner()
+                .images;
+            if quiet {
+                images.iter().for_each(|i| println!("{}", i.name));
+                return Ok(());
+            }
+            let rows = images
+                .iter()
+                .map(|image| {
+                    let target = image.target.clone().unwrap_or_default();
+                    vec![
+                        image.name.clone(),
+                        target.media_type,
+                        target.digest,
+                        output::size(target.size),
+                        output::age(image.created_at.as_ref()),
+                    ]
+                })
+                .collect();
+            output::table(&["REF", "TYPE", "DIGEST", "SIZE", "AGE"], rows)
+        }
+        ImageCommand::Rm { names } => {
+            for name in names {
+                client
+                    .delete(v1::DeleteImageRequest {
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                    })
+                    .await
+                    .map_err(output::status)
+                    .with_context(|| format!("remove image {name}"))?;
+                println!("{name}");
+            }
+            Ok(())
+        }
+        ImageCommand::Info { name } => {
+            let detail = client
+                .get(v1::GetImageRequest {
+                    namespace,
+                    name: name.clone(),
+                })
+                .await
+                .map_err(output::status)
+                .with_context(|| format!("image info {name}"))?
+                .into_inner();
+            print_detail(&detail);
+            Ok(())
+        }
+    }
+}
+
+async fn pull(
+    client: &mut ImagesClient<tonic::transport::Channel>,
+    namespace: String,
+    reference: String,
+    plain_http: bool,
+    user: Option<String>,
+) -> anyhow::Result<()> {
+    let credentials = match user {
+        None => None,
+        Some(user) => match user.split_once(':') {
+            Some((username, password)) => Some(v1::Credentials {
+                username: username.to_string(),
+                password: password.to_string(),
+            }),
+            None => bail!("--user expects USER:PASS"),
+        },
+    };
+    let mut stream = client
+        .pull(v1::PullRequest {
+            namespace,
+            reference: reference.clone(),
+            plain_http,
+            credentials,
+        })
+        .await
+        .map_err(output::status)
+        .with_context(|| format!("pull {reference}"))?
+        .into_inner();
+
+    let bars = MultiProgress::new();
+    let style =
+        ProgressStyle::with_template("{prefix:.bold} {bar:30} {bytes:>10}/{total_bytes:<10} {msg}")
+            .context("progress bar template")?;
+    let mut blobs: HashMap<String, ProgressBar> = HashMap::new();
+    while let Some(message) = stream.next().await {
+        let message = message
+            .map_err(output::status)
+            .with_context(|| format!("pull {reference}"))?;
+        match message.event {
+            Some(Event::Resolved(resolved)) => {
+                let target = resolved.target.unwrap_or_default();
+                let _ = bars.println(format!("{}: resolved {}", resolved.name, target.digest));
+                for blob in resolved.blobs {
+                    let bar = bars.add(ProgressBar::new(blob.size).with_style(style.clone()));
+                    bar.set_prefix(short_digest(&blob.digest));
+                    bar.set_message(kind(&blob.media_type));
+                    blobs.insert(blob.digest, bar);
+                }
+            }
+            Some(Event::Blob(progress)) => {
+                if let Some(bar) = blobs.get(&progress.digest) {
+                    bar.set_position(progress.offset);
+                    if progress.done {
+                        let state = if progress.cached { "exists" } else { "done" };
+                        bar.finish_with_message(state);
+                    }
+                }
+            }
+            Some(Event::Done(image)) => {
+                let digest = image.target.map(|t| t.digest).unwrap_or_default();
+                let _ = bars.clear();
+                println!("{}: pulled {}", image.name, digest);
+                return Ok(());
+            }
+            None => {}
+        }
+    }
+    bail!("pull {reference}: skiffd closed the stream before the pull finished")
+}
+
+fn short_digest(digest: &str) -> String {
+    let hex = digest.split_once(':').map_or(digest, |(_, hex)| hex);
+    hex.chars().take(12).collect()
+}
+
+fn kind(media_type: &str) -> String {
+    let kind = if media_type.contains("index") || media_type.contains("manifest.list") {
+        "index"
+    } else if media_type.contains("manifest") {
+        "manifest"
+    } else if media_type.contains("config") {
+        "config"
+    } else {
+        "layer"
+    };
+    kind.to_string()
+}
+
+fn print_detail(detail: &v1::ImageDetail) {
+    let image = detail.image.clone().unwrap_or_default();
+    let describe = |d: &Option<v1::Descriptor>| {
+        d.as_ref().map_or_else(
+            || "-".to_string(),
+            |d| format!("{} {} ({})", d.digest, d.media_type, output::size(d.size)),
+        )
+    };
+    println!("Name:      {}", image.name);
+    println!("Target:    {}", describe(&image.target));
+    println!("Platform:  {}", detail.platform);
+    println!("Manifest:  {}", describe(&detail.manifest));
+    println!("Config:    {}", describe(&detail.config));
+    println!("Labels:    {}", output::labels(&image.labels));
+    println!("Layers:");
+    for layer in &detail.layers {
+        println!("  {}", describe(&Some(layer.clone())));
+        let mut annotations: Vec<_> = layer.annotations.iter().collect();
+        annotations.sort();
+        for (key, value) in annotations {
+            println!("    {key}={value}");
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! `skiff`: a ctr-like command line client of skiffd. It speaks only skiff's gRPC API over the daemon's
+//! unix socket and links nothing of the daemon (no RocksDB, no FUSE, no registry client).
+
+mod content;
+mod images;
+mod namespaces;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use skiff_api::v1;
+use tonic::transport::Channel;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "skiff",
+    version,
+    about = "skiff: start containers from lazily pulled images"
+)]
+struct Cli {
+    /// skiffd's gRPC socket.
+    #[arg(long, global = true, env = "SKIFF_ADDRESS", default_value = skiff_api::DEFAULT_ADDRESS)]
+    address: PathBuf,
+    /// Namespace to act in.
+    #[arg(short = 'n', long, global = true, env = "SKIFF_NAMESPACE", default_value = skiff_api::DEFAULT_NAMESPACE)]
+    namespace: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Manage namespaces.
+    #[command(subcommand, visible_alias = "ns")]
+    Namespace(namespaces::NamespaceCommand),
+    /// Pull, list, inspect and remove images.
+    #[command(subcommand, visible_alias = "i")]
+    Image(images::ImageCommand),
+    /// List, inspect and read blobs in the content store.
+    #[command(subcommand)]
+    Content(content::ContentCommand),
+    /// Print the client's and the daemon's versions.
+    Version,
+}
+
+/// What every command needs: a channel to skiffd and the namespace to act in.
+pub struct Ctx {
+    pub channel: Channel,
+    pub namespace: String,
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let channel = skiff_api::connect(&cli.address).await?;
+    let ctx = Ctx {
+        channel,
+        namespace: cli.namespace,
+    };
+    match cli.command {
+        Command::Namespace(command) => namespaces::run(&ctx, command).await,
+        Command::Image(command) => images::run(&ctx, command).await,
+        Command::Content(command) => content::run(&ctx, command).await,
+        Command::Version => {
+            let server = v1::version_client::VersionClient::new(ctx.channel.clone())
+                .version(v1::VersionRequest {})
+                .await
+                .map_err(output::status)
+                .context("version")?
+                .into_inner();
+            println!("Client:\n  Version: {}", env!("CARGO_PKG_VERSION"));
+            println!("Server:\n  Version: {}", server.version);
+            if !server.revision.is_empty() {
+                println!("  Revision: {}", server.revision);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("skiff: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("skiff: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The skiffd daemon: takes the root lock, opens the stores, serves the gRPC services on a 0600 unix
+//! socket and shuts down cleanly on SIGTERM/SIGINT (stop accepting, drain, remove the socket).
+
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use skiff_api::v1;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_stream::wrappers::UnixListenerStream;
+use tracing::info;
+
+use crate::config::Config;
+use crate::content::{ContentError, ContentStore};
+use crate::images::Images;
+use crate::meta::{MetaError, MetaStore};
+use crate::service::Services;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("another skiffd holds the root {root} (lock {lock})")]
+    RootBusy { root: PathBuf, lock: PathBuf },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("content store: {0}")]
+    Content(#[from] ContentError),
+    #[error("metadata store: {0}")]
+    Meta(#[from] MetaError),
+    #[error("grpc server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+fn io_error<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> DaemonError + 'a {
+    move |source| DaemonError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Holds the root for the daemon's lifetime; a second skiffd on the same root is refused.
+pub struct RootLock {
+    _lock: Flock<File>,
+}
+
+impl RootLock {
+    pub fn acquire(config: &Config) -> Result<RootLock, DaemonError> {
+        std::fs::create_dir_all(&config.root).map_err(io_error("create root", &config.root))?;
+        let path = config.lock_file();
+        let file = File::create(&path).map_err(io_error("open lock file", &path))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(RootLock { _lock: lock }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(DaemonError::RootBusy {
+                root: config.root.clone(),
+                lock: path,
+            }),
+            Err((_, errno)) => Err(DaemonError::Io {
+                action: "lock",
+                path,
+                source: errno.into(),
+            }),
+        }
+    }
+}
+
+/// Opens the stores under the root and builds the services.
+pub fn open_services(config: &Config) -> Result<Services, DaemonError> {
+    let content = ContentStore::open(&config.content_dir())?;
+    let meta = MetaStore::open_rocks(&config.metadata_dir())?;
+    let images = Images::new(content.clone(), meta.clone(), config.registry.clone());
+    Ok(Services {
+        content,
+        meta,
+        images,
+    })
+}
+
+/// Binds the socket with mode 0600; a stale socket left by a dead daemon is replaced (the root lock
+/// proves no live daemon of this root owns it).
+fn bind(address: &Path) -> Result<UnixListener, DaemonError> {
+    if let Some(dir) = address.parent() {
+        std::fs::create_dir_all(dir).map_err(io_error("create socket dir", dir))?;
+    }
+    match std::fs::remove_file(address) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(io_error("remove stale socket", address)(err)),
+    }
+    let listener = UnixListener::bind(address).map_err(io_error("bind", address))?;
+    std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o600))
+        .map_err(io_error("chmod", address))?;
+    Ok(listener)
+}
+
+/// Runs until SIGTERM or SIGINT, then drains in-flight requests and removes the socket.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let _lock = RootLock::acquire(&config)?;
+    let services = open_services(&config)?;
+    let listener = bind(&config.address)?;
+    let mut terminate = signal(SignalKind::terminate())
+        .map_err(io_error("install SIGTERM handler", &config.address))?;
+    let mut interrupt = signal(SignalKind::interrupt())
+        .map_err(io_error("install SIGINT handler", &config.address))?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => info!("SIGTERM received, shutting down"),
+            _ = interrupt.recv() => info!("SIGINT received, shutting down"),
+        }
+    };
+    info!(root = %config.root.display(), address = %config.address.display(), "skiffd serving");
+    let served = tonic::transport::Server::builder()
+        .add_service(v1::version_server::VersionServer::new(services.clone()))
+        .add_service(v1::namespaces_server::NamespacesServer::new(
+            services.clone(),
+        ))
+        .add_service(v1::images_server::ImagesServer::new(services.clone()))
+        .add_service(v1::content_server::ContentServer::new(services))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    let _ = std::fs::remove_file(&config.address);
+    served?;
+    info!("skiffd stopped");
+    Ok(())
+}

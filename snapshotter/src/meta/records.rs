@@ -1,0 +1,101 @@
+//! The typed records the metadata store keeps, serialized as JSON values.
+//!
+//! Maps default to empty when absent, so older records keep decoding when fields are added.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// containerd-style labels; sorted so records serialize deterministically.
+pub type Labels = BTreeMap<String, String>;
+
+/// A namespace (`default`, `k8s.io`, …) and its labels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceRecord {
+    pub name: String,
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+/// An OCI descriptor as stored in an image record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescriptorRecord {
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+    #[serde(default)]
+    pub annotations: Labels,
+}
+
+impl From<&oci_spec::image::Descriptor> for DescriptorRecord {
+    fn from(descriptor: &oci_spec::image::Descriptor) -> Self {
+        DescriptorRecord {
+            media_type: descriptor.media_type().to_string(),
+            digest: descriptor.digest().to_string(),
+            size: descriptor.size(),
+            annotations: descriptor
+                .annotations()
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// A named image in a namespace: a reference pointing at an index or manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub name: String,
+    pub target: DescriptorRecord,
+    #[serde(default)]
+    pub labels: Labels,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+}
+
+/// A namespace's reference to a blob of the content store, with its labels (GC roots, distribution sources…).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentRefRecord {
+    pub digest: String,
+    #[serde(default)]
+    pub labels: Labels,
+    pub created_at: SystemTime,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn descriptor_from_oci() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let mut annotations = std::collections::HashMap::new();
+        annotations.insert("k".to_owned(), "v".to_owned());
+        let descriptor = oci_spec::image::DescriptorBuilder::default()
+            .media_type(oci_spec::image::MediaType::ImageManifest)
+            .digest(oci_spec::image::Digest::from_str(&digest).unwrap())
+            .size(42u64)
+            .annotations(annotations)
+            .build()
+            .unwrap();
+        let record = DescriptorRecord::from(&descriptor);
+        assert_eq!(
+            record,
+            DescriptorRecord {
+                media_type: "application/vnd.oci.image.manifest.v1+json".to_owned(),
+                digest,
+                size: 42,
+                annotations: [("k".to_owned(), "v".to_owned())].into(),
+            }
+        );
+    }
+
+    #[test]
+    fn missing_maps_decode_as_empty() {
+        let record: NamespaceRecord = serde_json::from_str(r#"{"name":"default"}"#).unwrap();
+        assert!(record.labels.is_empty());
+    }
+}

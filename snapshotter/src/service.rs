@@ -1,0 +1,402 @@
+//! skiffd's gRPC services (`skiff.v1`): a thin edge over `Images`, `ContentStore` and `MetaStore`.
+//! The only place errors become `tonic::Status`, with the codes containerd clients rely on.
+
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use futures::Stream;
+use skiff_api::v1;
+use skiff_fuse::registry::{Credentials, RegistryError};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::warn;
+
+use crate::content::{ContentError, ContentStore, Digest};
+use crate::images::{ImageDetail, ImageError, Images, PullEvent};
+use crate::meta::{DescriptorRecord, ImageRecord, MetaError, MetaStore};
+
+type ServiceStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Bytes per message when streaming a blob.
+const READ_CHUNK: usize = 1 << 20;
+
+/// Everything the services share; cheap to clone.
+#[derive(Clone)]
+pub struct Services {
+    pub content: ContentStore,
+    pub meta: MetaStore,
+    pub images: Images,
+}
+
+impl From<ContentError> for Status {
+    fn from(err: ContentError) -> Status {
+        let message = err.to_string();
+        match err {
+            ContentError::NotFound { .. } => Status::not_found(message),
+            ContentError::UnsupportedDigest { .. } => Status::invalid_argument(message),
+            ContentError::DigestMismatch { .. } | ContentError::SizeMismatch { .. } => {
+                Status::data_loss(message)
+            }
+            _ => Status::internal(message),
+        }
+    }
+}
+
+impl From<MetaError> for Status {
+    fn from(err: MetaError) -> Status {
+        let message = err.to_string();
+        match err {
+            MetaError::NotFound { .. } => Status::not_found(message),
+            MetaError::AlreadyExists { .. } => Status::already_exists(message),
+            MetaError::NamespaceNotEmpty { .. } => Status::failed_precondition(message),
+            MetaError::InvalidNamespace { .. }
+            | MetaError::InvalidImageName { .. }
+            | MetaError::InvalidDigest { .. } => Status::invalid_argument(message),
+            _ => Status::internal(message),
+        }
+    }
+}
+
+fn registry_status(err: RegistryError) -> Status {
+    let message = err.to_string();
+    match err {
+        RegistryError::InvalidReference { .. } => Status::invalid_argument(message),
+        RegistryError::NotFound { .. } => Status::not_found(message),
+        RegistryError::Unauthorized { .. } => Status::unauthenticated(message),
+        RegistryError::Forbidden { .. } => Status::permission_denied(message),
+        RegistryError::DigestMismatch { .. } => Status::data_loss(message),
+        RegistryError::UnsupportedMediaType { .. }
+        | RegistryError::ManifestTooLarge { .. }
+        | RegistryError::InvalidManifest { .. } => Status::failed_precondition(message),
+        _ => Status::unavailable(message),
+    }
+}
+
+impl From<ImageError> for Status {
+    fn from(err: ImageError) -> Status {
+        match err {
+            ImageError::Registry(err) => registry_status(err),
+            ImageError::Content(err) => err.into(),
+            ImageError::Meta(err) => err.into(),
+            ImageError::NotFound { .. } => Status::not_found(err.to_string()),
+            ImageError::InvalidBlob { .. } | ImageError::NoPlatformManifest { .. } => {
+                Status::failed_precondition(err.to_string())
+            }
+        }
+    }
+}
+
+fn timestamp(time: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(time)
+}
+
+fn descriptor(record: &DescriptorRecord) -> v1::Descriptor {
+    v1::Descriptor {
+        media_type: record.media_type.clone(),
+        digest: record.digest.clone(),
+        size: record.size,
+        annotations: record.annotations.clone().into_iter().collect(),
+    }
+}
+
+fn image(record: &ImageRecord) -> v1::Image {
+    v1::Image {
+        name: record.name.clone(),
+        target: Some(descriptor(&record.target)),
+        labels: record.labels.clone().into_iter().collect(),
+        created_at: Some(timestamp(record.created_at)),
+        updated_at: Some(timestamp(record.updated_at)),
+    }
+}
+
+fn image_detail(detail: &ImageDetail) -> v1::ImageDetail {
+    v1::ImageDetail {
+        image: Some(image(&detail.image)),
+        manifest: Some(descriptor(&detail.manifest)),
+        config: Some(descriptor(&detail.config)),
+        layers: detail.layers.iter().map(descriptor).collect(),
+        platform: detail.platform.clone(),
+    }
+}
+
+/// A digest from a client: only sha256 names content in skiff.
+fn parse_digest(text: &str) -> Result<Digest, Status> {
+    let digest: Digest = text
+        .parse()
+        .map_err(|err| Status::invalid_argument(format!("invalid digest {text:?}: {err}")))?;
+    if !text.starts_with("sha256:") {
+        return Err(Status::invalid_argument(format!(
+            "invalid digest {text:?}: only sha256 digests are supported"
+        )));
+    }
+    Ok(digest)
+}
+
+#[tonic::async_trait]
+impl v1::version_server::Version for Services {
+    async fn version(
+        &self,
+        _: Request<v1::VersionRequest>,
+    ) -> Result<Response<v1::VersionResponse>, Status> {
+        Ok(Response::new(v1::VersionResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            revision: option_env!("SKIFF_REVISION").unwrap_or("").to_string(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::namespaces_server::Namespaces for Services {
+    async fn list(
+        &self,
+        _: Request<v1::ListNamespacesRequest>,
+    ) -> Result<Response<v1::ListNamespacesResponse>, Status> {
+        let namespaces = self
+            .meta
+            .list_namespaces()?
+            .into_iter()
+            .map(|ns| v1::Namespace {
+                name: ns.name,
+                labels: ns.labels.into_iter().collect(),
+            })
+            .collect();
+        Ok(Response::new(v1::ListNamespacesResponse { namespaces }))
+    }
+
+    async fn create(
+        &self,
+        request: Request<v1::CreateNamespaceRequest>,
+    ) -> Result<Response<v1::Namespace>, Status> {
+        let request = request.into_inner();
+        let record = self
+            .meta
+            .create_namespace(&request.name, request.labels.into_iter().collect())?;
+        Ok(Response::new(v1::Namespace {
+            name: record.name,
+            labels: record.labels.into_iter().collect(),
+        }))
+    }
+
+    async fn remove(
+        &self,
+        request: Request<v1::RemoveNamespaceRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        self.meta.remove_namespace(&request.into_inner().name)?;
+        Ok(Response::new(v1::Empty {}))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::images_server::Images for Services {
+    type PullStream = ServiceStream<v1::PullProgress>;
+
+    async fn pull(
+        &self,
+        request: Request<v1::PullRequest>,
+    ) -> Result<Response<Self::PullStream>, Status> {
+        let request = request.into_inner();
+        let credentials = request.credentials.map(|c| Credentials {
+            username: c.username,
+            password: c.password,
+        });
+        let (events_tx, mut events_rx) = mpsc::channel(64);
+        let (out_tx, out_rx) = mpsc::channel(64);
+        let images = self.images.clone();
+        // The pull runs to completion even if the client goes away; its record then waits for the next `ls`.
+        tokio::spawn(async move {
+            let pull = images.pull(
+                &request.namespace,
+                &request.reference,
+                request.plain_http,
+                credentials,
+                events_tx,
+            );
+            tokio::pin!(pull);
+            let result = loop {
+                tokio::select! {
+                    result = &mut pull => break result,
+                    Some(event) = events_rx.recv() => {
+                        let _ = out_tx.send(Ok(progress_message(event))).await;
+                    }
+                }
+            };
+            while let Ok(event) = events_rx.try_recv() {
+                let _ = out_tx.send(Ok(progress_message(event))).await;
+            }
+            let last = match result {
+                Ok(record) => Ok(v1::PullProgress {
+                    event: Some(v1::pull_progress::Event::Done(image(&record))),
+                }),
+                Err(err) => {
+                    warn!(reference = %request.reference, error = %err, "pull failed");
+                    Err(Status::from(err))
+                }
+            };
+            let _ = out_tx.send(last).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+
+    async fn list(
+        &self,
+        request: Request<v1::ListImagesRequest>,
+    ) -> Result<Response<v1::ListImagesResponse>, Status> {
+        let images = self.images.list(&request.into_inner().namespace)?;
+        Ok(Response::new(v1::ListImagesResponse {
+            images: images.iter().map(image).collect(),
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<v1::GetImageRequest>,
+    ) -> Result<Response<v1::ImageDetail>, Status> {
+        let request = request.into_inner();
+        let detail = self
+            .images
+            .detail(&request.namespace, &request.name)
+            .await?;
+        Ok(Response::new(image_detail(&detail)))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<v1::DeleteImageRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        let request = request.into_inner();
+        self.images
+            .delete(&request.namespace, &request.name)
+            .await?;
+        Ok(Response::new(v1::Empty {}))
+    }
+}
+
+fn progress_message(event: PullEvent) -> v1::PullProgress {
+    let event = match event {
+        PullEvent::Resolved {
+            name,
+            target,
+            blobs,
+        } => v1::pull_progress::Event::Resolved(v1::PullResolved {
+            name,
+            target: Some(descriptor(&target)),
+            blobs: blobs.iter().map(descriptor).collect(),
+        }),
+        PullEvent::Blob(blob) => v1::pull_progress::Event::Blob(v1::BlobProgress {
+            digest: blob.digest,
+            offset: blob.offset,
+            total: blob.total,
+            done: blob.done,
+            cached: blob.cached,
+        }),
+    };
+    v1::PullProgress { event: Some(event) }
+}
+
+impl Services {
+    /// A blob is visible in a namespace only if the namespace references it, as in containerd.
+    fn content_info(&self, namespace: &str, digest: &str) -> Result<v1::ContentInfo, Status> {
+        let parsed = parse_digest(digest)?;
+        let reference = self
+            .meta
+            .get_content_ref(namespace, digest)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "content {digest} not found in namespace {namespace}"
+                ))
+            })?;
+        let info = self.content.info(&parsed)?;
+        Ok(v1::ContentInfo {
+            digest: digest.to_string(),
+            size: info.size,
+            created_at: Some(timestamp(info.created)),
+            labels: reference.labels.into_iter().collect(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl v1::content_server::Content for Services {
+    type ReadStream = ServiceStream<v1::ReadContentResponse>;
+
+    async fn list(
+        &self,
+        request: Request<v1::ListContentRequest>,
+    ) -> Result<Response<v1::ListContentResponse>, Status> {
+        let namespace = request.into_inner().namespace;
+        let mut blobs = Vec::new();
+        for reference in self.meta.list_content_refs(&namespace)? {
+            match self.content_info(&namespace, &reference.digest) {
+                Ok(info) => blobs.push(info),
+                // A reference whose blob vanished (e.g. removed by hand) is not listed.
+                Err(status) if status.code() == tonic::Code::NotFound => {}
+                Err(status) => return Err(status),
+            }
+        }
+        Ok(Response::new(v1::ListContentResponse { blobs }))
+    }
+
+    async fn info(
+        &self,
+        request: Request<v1::ContentInfoRequest>,
+    ) -> Result<Response<v1::ContentInfo>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(
+            self.content_info(&request.namespace, &request.digest)?,
+        ))
+    }
+
+    async fn read(
+        &self,
+        request: Request<v1::ReadContentRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
+        let request = request.into_inner();
+        let info = self.content_info(&request.namespace, &request.digest)?;
+        if request.offset > info.size {
+            return Err(Status::out_of_range(format!(
+                "offset {} is past the end of {} ({} bytes)",
+                request.offset, request.digest, info.size
+            )));
+        }
+        let end = match request.size {
+            0 => info.size,
+            n => request.offset.saturating_add(n).min(info.size),
+        };
+        let mut file = self
+            .content
+            .open_blob(&parse_digest(&request.digest)?)
+            .await?;
+        file.seek(std::io::SeekFrom::Start(request.offset))
+            .await
+            .map_err(|err| Status::internal(format!("seek {}: {err}", request.digest)))?;
+        let (tx, rx) = mpsc::channel(4);
+        let digest = request.digest;
+        let mut offset = request.offset;
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; READ_CHUNK];
+            while offset < end {
+                let want = READ_CHUNK.min((end - offset) as usize);
+                let message = match file.read(&mut buffer[..want]).await {
+                    Ok(0) => Err(Status::data_loss(format!(
+                        "blob {digest} ended at {offset}, before {end}"
+                    ))),
+                    Ok(n) => Ok(v1::ReadContentResponse {
+                        offset,
+                        data: buffer[..n].to_vec(),
+                    }),
+                    Err(err) => Err(Status::internal(format!("read {digest}: {err}"))),
+                };
+                let failed = message.is_err();
+                if let Ok(m) = &message {
+                    offset += m.data.len() as u64;
+                }
+                if tx.send(message).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

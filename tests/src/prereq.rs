@@ -1,0 +1,136 @@
+//! Prerequisite checks: every end-to-end test calls `require` first, so a missing tool fails the
+//! test with a message naming what is missing and how to install it, instead of skipping.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+/// Known prerequisites: name as passed to `require`, what it is, and how to get it.
+const KNOWN: &[(&str, &str)] = &[
+    ("docker-registry", "apt-get install docker-registry"),
+    ("skopeo", "apt-get install skopeo"),
+    ("umoci", "apt-get install umoci"),
+    (
+        "busybox",
+        "apt-get install busybox-static (a static /bin/busybox)",
+    ),
+    ("containerd", "apt-get install containerd"),
+    ("ctr", "apt-get install containerd"),
+    ("runc", "apt-get install runc"),
+    ("ctr-remote", "apt-get install stargz-snapshotter"),
+    ("htpasswd", "apt-get install apache2-utils"),
+    ("fusermount3", "apt-get install fuse3"),
+    ("ip", "apt-get install iproute2"),
+    ("tc", "apt-get install iproute2"),
+    ("python3", "apt-get install python3"),
+];
+
+/// Checks prerequisites and fails with one message listing everything that is missing.
+///
+/// Each name is a binary looked up on PATH (`docker-registry`, `skopeo`, `containerd`, `ctr`,
+/// `ctr-remote`, `runc`, `htpasswd`, `busybox` …), or one of the special names
+/// `root` (effective uid 0), `/dev/fuse` (present and openable) and `overlayfs`
+/// (listed in /proc/filesystems).
+pub fn require(names: &[&str]) -> Result<()> {
+    let mut missing = Vec::new();
+    for &name in names {
+        if let Some(problem) = check(name) {
+            missing.push(format!("  - {name}: {problem}"));
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "test bed prerequisites missing (this test does not skip; install them):\n{}",
+            missing.join("\n")
+        );
+    }
+    Ok(())
+}
+
+fn check(name: &str) -> Option<String> {
+    match name {
+        "root" => (!nix::unistd::geteuid().is_root())
+            .then(|| "must run as root (effective uid 0), e.g. sudo -E cargo test".to_string()),
+        "/dev/fuse" | "fuse" => match std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+        {
+            Ok(_) => None,
+            Err(e) => Some(format!(
+                "cannot open /dev/fuse ({e}); load the fuse module (modprobe fuse) and install fuse3"
+            )),
+        },
+        "overlayfs" | "overlay" => {
+            let listed = std::fs::read_to_string("/proc/filesystems")
+                .map(|s| s.lines().any(|l| l.trim_end().ends_with("\toverlay")))
+                .unwrap_or(false);
+            (!listed).then(|| "overlay filesystem not available (modprobe overlay)".to_string())
+        }
+        "busybox" => {
+            // The busybox layer copies this exact file into images, so it must be the static one.
+            if Path::new(BUSYBOX_PATH).is_file() {
+                None
+            } else {
+                Some(format!("{BUSYBOX_PATH} not found; {}", install_hint("busybox")))
+            }
+        }
+        binary => match find_on_path(binary) {
+            Some(_) => None,
+            None => Some(format!("`{binary}` not found on PATH; {}", install_hint(binary))),
+        },
+    }
+}
+
+/// Where the busybox layer takes its binary from (Debian's busybox-static).
+pub const BUSYBOX_PATH: &str = "/bin/busybox";
+
+fn install_hint(name: &str) -> String {
+    KNOWN
+        .iter()
+        .find(|(known, _)| *known == name)
+        .map(|(_, hint)| hint.to_string())
+        .unwrap_or_else(|| "no known Debian package provides it".to_string())
+}
+
+/// The first executable named `binary` on PATH (or `binary` itself if it is a path).
+pub fn find_on_path(binary: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_executable = |p: &Path| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if binary.contains('/') {
+        let p = PathBuf::from(binary);
+        return is_executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    // Debian puts runc in /usr/sbin, which a non-login PATH may lack.
+    let extra = ["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from);
+    std::env::split_paths(&path)
+        .chain(extra)
+        .map(|dir| dir.join(binary))
+        .find(|candidate| is_executable(candidate))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_missing_binary_and_package() {
+        let err = require(&["definitely-not-a-binary-skiff", "sh"]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("definitely-not-a-binary-skiff"), "{msg}");
+        assert!(!msg.contains("- sh"), "{msg}");
+    }
+
+    #[test]
+    fn hints_debian_package() {
+        assert_eq!(
+            install_hint("ctr-remote"),
+            "apt-get install stargz-snapshotter"
+        );
+    }
+}

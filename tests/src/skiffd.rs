@@ -1,0 +1,180 @@
+//! Running skiff's own binaries: locating them in the cargo target directory, and a `skiffd`
+//! daemon with a private root and socket that is stopped (and its mounts detached) on drop.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tempfile::TempDir;
+
+use crate::process::{check_output, run, wait_until, ChildProcess};
+
+/// Locates a binary of this workspace, in this order: the env var `NAME_BIN` (upper case,
+/// '-' → '_', e.g. `SKIFFD_BIN`), the profile directory the running test executable lives in
+/// (`…/debug/deps/testbed-…` → `…/debug/NAME`), then `$CARGO_TARGET_DIR/debug/NAME`.
+pub fn cargo_bin(name: &str) -> Result<PathBuf> {
+    let var = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
+    if let Some(path) = std::env::var_os(&var) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!("{var}={} does not name a file", path.display());
+        }
+        return Ok(path);
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1) {
+            candidates.push(dir.join(name));
+            if dir.file_name().is_some_and(|n| n == "deps") {
+                if let Some(profile_dir) = dir.parent() {
+                    candidates.push(profile_dir.join(name));
+                }
+                break;
+            }
+        }
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(target).join("debug").join(name));
+    }
+    candidates
+        .iter()
+        .find(|c| c.is_file())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "binary `{name}` not found (looked in {candidates:?}); build it first \
+                 (cargo build --bin {name}) or set {var}"
+            )
+        })
+}
+
+/// How to start skiffd.
+#[derive(Debug, Clone, Default)]
+pub struct SkiffdOptions {
+    /// The binary; default `cargo_bin("skiffd")`.
+    pub binary: Option<PathBuf>,
+    /// Passed as `--config FILE`.
+    pub config: Option<PathBuf>,
+    /// Extra arguments after the standard ones.
+    pub extra_args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+/// A running skiffd with its own `--root` and `--address`; dropping it stops it (SIGTERM, SIGKILL
+/// after 10 s), detaches any mount left under its root and removes its directory.
+pub struct Skiffd {
+    process: Option<ChildProcess>,
+    dir: TempDir,
+    socket: PathBuf,
+}
+
+impl Skiffd {
+    /// Starts `cargo_bin("skiffd")` with default options.
+    pub fn start() -> Result<Self> {
+        Self::start_with(SkiffdOptions::default())
+    }
+
+    /// Starts skiffd and waits until its socket accepts a connection.
+    pub fn start_with(options: SkiffdOptions) -> Result<Self> {
+        let binary = match options.binary {
+            Some(binary) => binary,
+            None => cargo_bin("skiffd")?,
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("skiff-skiffd-")
+            .tempdir()
+            .context("create skiffd temp dir")?;
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root)?;
+        let socket = dir.path().join("skiffd.sock");
+        let mut command = Command::new(&binary);
+        command
+            .arg("--root")
+            .arg(&root)
+            .arg("--address")
+            .arg(&socket);
+        if let Some(config) = &options.config {
+            command.arg("--config").arg(config);
+        }
+        command.args(&options.extra_args);
+        command.envs(options.env.iter().map(|(k, v)| (k, v)));
+        let mut process =
+            ChildProcess::spawn("skiffd", &mut command, &dir.path().join("skiffd.log"))?;
+        let ready = wait_until("skiffd socket to accept", Duration::from_secs(30), || {
+            process.ensure_running()?;
+            Ok(UnixStream::connect(&socket).is_ok())
+        });
+        if let Err(e) = ready {
+            let log = process.log_tail(40);
+            drop(process);
+            crate::mounts::unmount_all_under(dir.path());
+            return Err(e.context(format!("skiffd log:\n{log}")));
+        }
+        Ok(Self {
+            process: Some(process),
+            dir,
+            socket,
+        })
+    }
+
+    /// The gRPC socket (`--address`).
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The state directory (`--root`).
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    pub fn work_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ChildProcess::pid)
+    }
+
+    pub fn log(&self) -> String {
+        self.process
+            .as_ref()
+            .map(ChildProcess::log)
+            .unwrap_or_default()
+    }
+
+    /// Runs the CLI: `skiff --address SOCK ARGS…` (binary from `cargo_bin("skiff")`).
+    pub fn skiff(&self, args: &[&str]) -> Result<Output> {
+        let binary = cargo_bin("skiff")?;
+        run(Command::new(binary)
+            .arg("--address")
+            .arg(&self.socket)
+            .args(args))
+    }
+
+    /// Like `skiff` but fails unless it exits 0; returns stdout.
+    pub fn skiff_ok(&self, args: &[&str]) -> Result<String> {
+        let output = self.skiff(args)?;
+        check_output(&format!("skiff {}", args.join(" ")), &output)?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Stops skiffd now (SIGTERM, SIGKILL after 10 s) and returns how it exited.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        self.process.as_mut().map(ChildProcess::stop)
+    }
+}
+
+impl Drop for Skiffd {
+    fn drop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.stop();
+        }
+        let failed = crate::mounts::unmount_all_under(self.dir.path());
+        if !failed.is_empty() {
+            eprintln!("skiff-tests: could not unmount under skiffd dir: {failed:?}");
+        }
+    }
+}
