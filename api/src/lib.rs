@@ -37,20 +37,25 @@ pub async fn connect(path: impl AsRef<Path>) -> Result<Channel, ConnectError> {
 
 /// The daemon could not be reached on its socket.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot connect to skiffd at {}{}", path.display(), causes(source))]
+#[error("cannot connect to skiffd at {}: {}", path.display(), error_chain(source))]
 pub struct ConnectError {
     pub path: PathBuf,
     #[source]
     pub source: tonic::transport::Error,
 }
 
-/// tonic's transport error hides the io error ("connection refused", "no such file") in its sources.
-fn causes(err: &dyn std::error::Error) -> String {
-    let mut text = String::new();
+/// An error and its sources as one line, `outer: inner: innermost`, for the edges that show errors to people
+/// (gRPC status messages, a binary's last words). A source whose text the outer message already contains is
+/// not repeated.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
     let mut cause = err.source();
     while let Some(err) = cause {
-        text.push_str(": ");
-        text.push_str(&err.to_string());
+        let line = err.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
         cause = err.source();
     }
     text

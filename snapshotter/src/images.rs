@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use futures::{StreamExt, TryStreamExt};
-use oci_spec::image::{Descriptor, Digest, ImageIndex, ImageManifest, MediaType};
+use oci_spec::image::{
+    Descriptor, Digest, ImageConfiguration, ImageIndex, ImageManifest, MediaType,
+};
 use skiff_fuse::registry::{Credentials, Reference, RegistryClient, RegistryError};
 use tokio::sync::mpsc;
 use tracing::{info, instrument, warn};
@@ -208,13 +210,13 @@ impl Images {
             created_at: now,
             updated_at: now,
         };
-        self.meta
-            .put_image_with_content(namespace, record.clone(), &refs)?;
-        info!(image = %record.name, digest = %record.target.digest, "pulled");
-        Ok(self
+        let namespace = namespace.to_string();
+        let record = self
             .meta
-            .get_image(namespace, &record.name)?
-            .unwrap_or(record))
+            .blocking(move |meta| meta.put_image_with_content(&namespace, record, &refs))
+            .await?;
+        info!(image = %record.name, digest = %record.target.digest, "pulled");
+        Ok(record)
     }
 
     /// Stores the small blobs and fetches the layers not yet stored; records what it wrote in `written`.
@@ -295,11 +297,13 @@ impl Images {
             target
         };
         let parsed: ImageManifest = self.read_json(manifest.digest(), "image manifest").await?;
-        let platform = manifest
-            .platform()
-            .as_ref()
-            .map(|p| format!("{}/{}", p.os(), p.architecture()))
-            .unwrap_or_default();
+        let config: ImageConfiguration = self
+            .read_json(parsed.config().digest(), "image config")
+            .await?;
+        let platform = match config.variant() {
+            Some(variant) => format!("{}/{}/{variant}", config.os(), config.architecture()),
+            None => format!("{}/{}", config.os(), config.architecture()),
+        };
         Ok(ImageDetail {
             image,
             manifest: descriptor_record(&manifest),
@@ -335,7 +339,10 @@ impl Images {
     #[instrument(skip_all, fields(namespace = %namespace, image = %name))]
     pub async fn delete(&self, namespace: &str, name: &str) -> Result<(), ImageError> {
         let image = self.get(namespace, name)?;
-        self.meta.delete_image(namespace, &image.name)?;
+        let ns = namespace.to_string();
+        self.meta
+            .blocking(move |meta| meta.delete_image(&ns, &image.name))
+            .await?;
         let mut keep = BTreeSet::new();
         for image in self.meta.list_images(namespace)? {
             self.collect_blobs(&record_descriptor(&image.target)?, &mut keep)
@@ -348,7 +355,10 @@ impl Images {
             .map(|r| r.digest)
             .filter(|d| !keep.contains(d))
             .collect();
-        self.meta.remove_content_refs(namespace, &unused)?;
+        let (ns, refs) = (namespace.to_string(), unused.clone());
+        self.meta
+            .blocking(move |meta| meta.remove_content_refs(&ns, &refs))
+            .await?;
         for digest in unused {
             if !self.meta.content_referenced_anywhere(&digest)? {
                 let digest = parse_digest(&digest)?;

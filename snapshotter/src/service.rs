@@ -32,7 +32,7 @@ pub struct Services {
 
 impl From<ContentError> for Status {
     fn from(err: ContentError) -> Status {
-        let message = err.to_string();
+        let message = skiff_api::error_chain(&err);
         match err {
             ContentError::NotFound { .. } => Status::not_found(message),
             ContentError::UnsupportedDigest { .. } => Status::invalid_argument(message),
@@ -46,7 +46,7 @@ impl From<ContentError> for Status {
 
 impl From<MetaError> for Status {
     fn from(err: MetaError) -> Status {
-        let message = err.to_string();
+        let message = skiff_api::error_chain(&err);
         match err {
             MetaError::NotFound { .. } => Status::not_found(message),
             MetaError::AlreadyExists { .. } => Status::already_exists(message),
@@ -60,7 +60,7 @@ impl From<MetaError> for Status {
 }
 
 fn registry_status(err: RegistryError) -> Status {
-    let message = err.to_string();
+    let message = skiff_api::error_chain(&err);
     match err {
         RegistryError::InvalidReference { .. } => Status::invalid_argument(message),
         RegistryError::NotFound { .. } => Status::not_found(message),
@@ -80,9 +80,9 @@ impl From<ImageError> for Status {
             ImageError::Registry(err) => registry_status(err),
             ImageError::Content(err) => err.into(),
             ImageError::Meta(err) => err.into(),
-            ImageError::NotFound { .. } => Status::not_found(err.to_string()),
+            ImageError::NotFound { .. } => Status::not_found(skiff_api::error_chain(&err)),
             ImageError::InvalidBlob { .. } | ImageError::NoPlatformManifest { .. } => {
-                Status::failed_precondition(err.to_string())
+                Status::failed_precondition(skiff_api::error_chain(&err))
             }
         }
     }
@@ -172,7 +172,10 @@ impl v1::namespaces_server::Namespaces for Services {
         let request = request.into_inner();
         let record = self
             .meta
-            .create_namespace(&request.name, request.labels.into_iter().collect())?;
+            .blocking(move |meta| {
+                meta.create_namespace(&request.name, request.labels.into_iter().collect())
+            })
+            .await?;
         Ok(Response::new(v1::Namespace {
             name: record.name,
             labels: record.labels.into_iter().collect(),
@@ -183,7 +186,10 @@ impl v1::namespaces_server::Namespaces for Services {
         &self,
         request: Request<v1::RemoveNamespaceRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
-        self.meta.remove_namespace(&request.into_inner().name)?;
+        let name = request.into_inner().name;
+        self.meta
+            .blocking(move |meta| meta.remove_namespace(&name))
+            .await?;
         Ok(Response::new(v1::Empty {}))
     }
 }

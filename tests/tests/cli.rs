@@ -219,6 +219,8 @@ fn multi_arch_index_pulls_the_host_platform() -> Result<()> {
         detail.contains(&native.manifest_digest),
         "host manifest: {detail}"
     );
+    let platform = format!("Platform:  linux/{}", host.architecture);
+    ensure!(detail.contains(&platform), "{platform} not in {detail}");
 
     let digests = content_digests(&skiffd, "default")?;
     let mut expected = image_blobs(native);

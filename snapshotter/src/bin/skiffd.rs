@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         Some(path) => match Config::load(path) {
             Ok(config) => config,
             Err(err) => {
-                eprintln!("skiffd: {err}");
+                eprintln!("skiffd: {}", skiff_api::error_chain(&err));
                 return ExitCode::FAILURE;
             }
         },
@@ -71,7 +71,7 @@ fn main() -> ExitCode {
     match runtime.block_on(skiff_snapshotter::daemon::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("skiffd: {err}");
+            eprintln!("skiffd: {}", skiff_api::error_chain(&err));
             ExitCode::FAILURE
         }
     }

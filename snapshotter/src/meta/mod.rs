@@ -137,6 +137,24 @@ impl MetaStore {
         }
     }
 
+    /// Runs `call` on tokio's blocking pool: RocksDB writes are synced to disk and must not stall the
+    /// async workers. A panic in `call` resumes in the caller.
+    pub async fn blocking<T, F>(&self, call: F) -> Result<T, MetaError>
+    where
+        F: FnOnce(&MetaStore) -> Result<T, MetaError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let store = self.clone();
+        match tokio::task::spawn_blocking(move || call(&store)).await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(err) => Err(MetaError::Db {
+                op: "blocking call",
+                source: Box::new(err),
+            }),
+        }
+    }
+
     /// Opens (creating if needed) a RocksDB database at `path`.
     pub fn open_rocks(path: &Path) -> Result<Self, MetaError> {
         Ok(Self::new(Arc::new(RocksKv::open(path)?)))
