@@ -170,12 +170,12 @@ impl Images {
             .iter()
             .map(|(d, _)| *d)
             .chain(layers.iter())
-            .map(descriptor_record)
+            .map(DescriptorRecord::from)
             .collect();
         let _ = progress
             .send(PullEvent::Resolved {
                 name: name.clone(),
-                target: descriptor_record(&resolved.target),
+                target: DescriptorRecord::from(&resolved.target),
                 blobs: blobs.clone(),
             })
             .await;
@@ -205,7 +205,7 @@ impl Images {
             .collect();
         let record = ImageRecord {
             name,
-            target: descriptor_record(&resolved.target),
+            target: DescriptorRecord::from(&resolved.target),
             labels: Labels::new(),
             created_at: now,
             updated_at: now,
@@ -306,9 +306,9 @@ impl Images {
         };
         Ok(ImageDetail {
             image,
-            manifest: descriptor_record(&manifest),
-            config: descriptor_record(parsed.config()),
-            layers: parsed.layers().iter().map(descriptor_record).collect(),
+            manifest: DescriptorRecord::from(&manifest),
+            config: DescriptorRecord::from(parsed.config()),
+            layers: parsed.layers().iter().map(DescriptorRecord::from).collect(),
             platform,
         })
     }
@@ -450,19 +450,6 @@ fn is_manifest(media_type: &MediaType) -> bool {
         MediaType::ImageManifest => true,
         MediaType::Other(other) => other == DOCKER_MANIFEST,
         _ => false,
-    }
-}
-
-pub fn descriptor_record(descriptor: &Descriptor) -> DescriptorRecord {
-    DescriptorRecord {
-        media_type: descriptor.media_type().to_string(),
-        digest: descriptor.digest().to_string(),
-        size: descriptor.size(),
-        annotations: descriptor
-            .annotations()
-            .as_ref()
-            .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default(),
     }
 }
 
