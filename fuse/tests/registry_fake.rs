@@ -495,13 +495,11 @@ fn config() -> RegistryConfig {
 
 /// A docker config with no credentials, so the developer's own `~/.docker/config.json` is not used.
 fn empty_docker_config() -> std::path::PathBuf {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("config.json"), "{}").unwrap();
-        dir
-    });
-    dir.path().join("config.json")
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/empty-docker-config.json"
+    )
+    .into()
 }
 
 fn client(config: RegistryConfig) -> RegistryClient {

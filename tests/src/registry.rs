@@ -56,12 +56,55 @@ pub struct Registry {
     token_server: Option<TokenServer>,
     auth: RegistryAuth,
     port: u16,
+    /// The CA certificate (PEM file) that signed the registry's TLS certificate, when it serves HTTPS.
+    ca_pem: Option<PathBuf>,
     dir: TempDir,
+}
+
+/// A test CA and a server certificate it signed for 127.0.0.1, as PEM files in `dir`.
+struct TlsFiles {
+    ca: PathBuf,
+    certificate: PathBuf,
+    key: PathBuf,
+}
+
+impl TlsFiles {
+    fn generate(dir: &Path) -> Result<Self> {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "skiff test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+        let server_key = KeyPair::generate()?;
+        let server =
+            CertificateParams::new(vec!["127.0.0.1".to_string()])?.signed_by(&server_key, &ca)?;
+        let files = TlsFiles {
+            ca: dir.join("ca.pem"),
+            certificate: dir.join("server.pem"),
+            key: dir.join("server-key.pem"),
+        };
+        std::fs::write(&files.ca, ca.pem())?;
+        std::fs::write(&files.certificate, server.pem())?;
+        std::fs::write(&files.key, server_key.serialize_pem())?;
+        Ok(files)
+    }
 }
 
 impl Registry {
     /// Starts `docker-registry` with its own storage and config, waiting until `/v2/` answers.
     pub fn start(auth: RegistryAuth) -> Result<Self> {
+        Self::start_with(auth, false)
+    }
+
+    /// Like `start`, but the registry serves HTTPS with a certificate for 127.0.0.1 signed by a CA of
+    /// its own (`ca_pem()`), which no client trusts unless told to.
+    pub fn start_tls(auth: RegistryAuth) -> Result<Self> {
+        Self::start_with(auth, true)
+    }
+
+    fn start_with(auth: RegistryAuth, tls: bool) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("skiff-registry-")
             .tempdir()
@@ -90,6 +133,12 @@ impl Registry {
             }
         };
 
+        let tls = if tls {
+            Some(TlsFiles::generate(dir.path())?)
+        } else {
+            None
+        };
+
         // The port is picked before the registry binds it; retry if someone took it meanwhile.
         let mut last_error = None;
         for attempt in 0..5 {
@@ -113,6 +162,9 @@ impl Registry {
             if let Some(auth_config) = &auth_config {
                 config["auth"] = auth_config.clone();
             }
+            if let Some(tls) = &tls {
+                config["http"]["tls"] = json!({"certificate": tls.certificate, "key": tls.key});
+            }
             std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
             let log_path = dir.path().join(format!("registry-{attempt}.log"));
             let mut process = ChildProcess::spawn(
@@ -129,6 +181,10 @@ impl Registry {
                 Duration::from_secs(20),
                 || {
                     process.ensure_running()?;
+                    if tls.is_some() {
+                        // The kit's HTTP client speaks no TLS: a listening port is the sign of life.
+                        return Ok(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+                    }
                     Ok(http_get(&url, &[]).is_ok_and(|r| r.status == 200 || r.status == 401))
                 },
             );
@@ -139,6 +195,7 @@ impl Registry {
                         token_server,
                         auth,
                         port,
+                        ca_pem: tls.map(|t| t.ca),
                         dir,
                     })
                 }
@@ -156,9 +213,19 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` for a registry started with `start_tls`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.host())
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.host())
+    }
+
+    /// The PEM file of the CA that signed the registry's certificate (`start_tls` only).
+    pub fn ca_pem(&self) -> Option<&Path> {
+        self.ca_pem.as_deref()
     }
 
     pub fn port(&self) -> u16 {
@@ -208,7 +275,7 @@ impl Registry {
         self.process.log()
     }
 
-    /// `GET url()+path` with extra headers (blocking, usable from async tests).
+    /// `GET url()+path` with extra headers (blocking, usable from async tests); plain HTTP registries only.
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<HttpResponse> {
         http_get(&format!("{}{path}", self.url()), headers)
     }

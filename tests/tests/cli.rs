@@ -337,6 +337,52 @@ fn hosts_toml_mirror_is_used_first_and_origin_when_it_is_down() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn tls_registry_is_trusted_through_hosts_toml_ca_or_skip_verify() -> Result<()> {
+    require(TOOLS)?;
+    let registry = Registry::start_tls(RegistryAuth::Anonymous)?;
+    let built = push(&registry, &demo_image(), "secure:1")?;
+    let name = registry.reference("secure:1");
+    let ca = registry.ca_pem().context("tls registry has a CA")?;
+
+    // Nobody trusts the registry's CA by default: the pull fails naming the certificate problem.
+    let skiffd = Skiffd::start()?;
+    let untrusted = skiffd.skiff(&["image", "pull", &name])?;
+    ensure!(
+        !untrusted.status.success(),
+        "pull from an untrusted TLS registry succeeded"
+    );
+    ensure!(
+        stderr(&untrusted).to_lowercase().contains("certificate"),
+        "{}",
+        stderr(&untrusted)
+    );
+    assert_store_verified(&skiffd)?;
+    drop(skiffd);
+
+    for settings in [
+        format!("ca = {:?}", ca.display().to_string()),
+        "skip_verify = true".to_string(),
+    ] {
+        let certs = tempfile::tempdir()?;
+        let dir = certs.path().join(registry.host());
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("hosts.toml"),
+            format!("server = {:?}\n{settings}\n", registry.url()),
+        )?;
+        let (_dir, skiffd) = skiffd_with_config(&format!(
+            "[registry]\nconfig_path = {:?}\n",
+            certs.path().display().to_string()
+        ))?;
+        skiffd
+            .skiff_ok(&["image", "pull", &name])
+            .with_context(|| format!("hosts.toml with {settings}"))?;
+        ensure!(content_digests(&skiffd, "default")? == image_blobs(&built));
+    }
+    Ok(())
+}
+
 /// What a bad registry answer must produce: a failed pull naming the problem, no image, no blob.
 fn assert_pull_fails(skiffd: &Skiffd, reference: &str, expected: &[&str]) -> Result<()> {
     let output = skiffd.skiff(&["image", "pull", "--plain-http", reference])?;
