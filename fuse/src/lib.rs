@@ -1,5 +1,18 @@
-//! skiff's lazy layer filesystem crate: the OCI registry client that blobs are read through, and (as it
-//! lands) the format readers, the chunk cache and the FUSE adapter. It knows nothing of containerd,
-//! snapshots or runc.
+//! skiff's lazy layer filesystem crate: a layer is mounted after fetching only its footer and TOC, and file
+//! bytes arrive on demand, chunk by chunk, verified and cached by content.
+//!
+//! - `registry`: the OCI distribution client blobs are read through.
+//! - `format`: eStargz and zstd:chunked footers, TOCs and the file tree (pure, no IO).
+//! - `cache`: the content-addressed chunk store (disk + memory LRU).
+//! - `fetch`: blob sources and the chunk fetcher (single-flight, merged Range requests, priorities).
+//! - `lazyfs`: `LazyLayer`, the filesystem as plain methods.
+//! - `adapter`: the fuser adapter and `MountedLayer`, the only code that sees fuser.
+//!
+//! It knows nothing of containerd, snapshots or runc.
 
+pub mod adapter;
+pub mod cache;
+pub mod fetch;
+pub mod format;
+pub mod lazyfs;
 pub mod registry;

@@ -53,6 +53,8 @@ pub struct ProxiedRequest {
     pub status: u16,
     /// The fault applied, if any.
     pub fault: Option<Fault>,
+    /// Body bytes the upstream answered with (before any fault changed them); 0 when not forwarded.
+    pub bytes: u64,
 }
 
 struct FaultRule {
@@ -168,6 +170,15 @@ impl FaultProxy {
         self.server.set_listening(!down);
     }
 
+    /// Body bytes served for requests whose path contains `path_contains`.
+    pub fn bytes_matching(&self, path_contains: &str) -> u64 {
+        self.request_log()
+            .iter()
+            .filter(|r| r.path.contains(path_contains))
+            .map(|r| r.bytes)
+            .sum()
+    }
+
     /// Requests whose path contains `path_contains` (all requests for "").
     pub fn requests_matching(&self, path_contains: &str) -> usize {
         self.state
@@ -206,12 +217,13 @@ impl ProxyState {
         Some(fault)
     }
 
-    fn record(&self, method: &str, path: &str, status: u16, fault: Option<Fault>) {
+    fn record(&self, method: &str, path: &str, status: u16, fault: Option<Fault>, bytes: u64) {
         self.log.lock().expect("log lock").push(ProxiedRequest {
             method: method.to_string(),
             path: path.to_string(),
             status,
             fault,
+            bytes,
         });
     }
 
@@ -222,13 +234,13 @@ impl ProxyState {
             .path_and_query()
             .map_or_else(|| "/".to_string(), |p| p.to_string());
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            self.record(method.as_str(), &path, 0, None);
+            self.record(method.as_str(), &path, 0, None, 0);
             return Err(anyhow::anyhow!("fault proxy is down"));
         }
         let fault = self.take_fault(&path);
         match &fault {
             Some(Fault::Status(code)) => {
-                self.record(method.as_str(), &path, *code, fault.clone());
+                self.record(method.as_str(), &path, *code, fault.clone(), 0);
                 let mut response = Response::builder().status(*code);
                 if *code == 401 {
                     response = response.header("WWW-Authenticate", r#"Basic realm="fault-proxy""#);
@@ -236,7 +248,7 @@ impl ProxyState {
                 return Ok(response.body(full_body(Bytes::new()))?);
             }
             Some(Fault::Drop) => {
-                self.record(method.as_str(), &path, 0, fault.clone());
+                self.record(method.as_str(), &path, 0, fault.clone(), 0);
                 return Err(anyhow::anyhow!("fault proxy dropped the connection"));
             }
             Some(Fault::Delay(delay)) => tokio::time::sleep(*delay).await,
@@ -296,7 +308,13 @@ impl ProxyState {
             }
             response = response.header(name, value);
         }
-        self.record(method.as_str(), &path, status.as_u16(), fault.clone());
+        self.record(
+            method.as_str(),
+            &path,
+            status.as_u16(),
+            fault.clone(),
+            full_length as u64,
+        );
 
         match fault {
             Some(Fault::FlipByte { offset }) if !body.is_empty() => {

@@ -1,0 +1,184 @@
+//! Lazy fetching: blob sources, and the `ChunkFetcher` that turns "these chunks of this layer" into
+//! verified uncompressed bytes with as few, as parallel and as shared registry requests as possible.
+//!
+//! - A miss becomes one Range GET per span of neighbouring chunks (bounded by `max_request_bytes`, and
+//!   across small gaps up to `max_gap_bytes`: files that sit next to each other in the blob travel together).
+//! - Single-flight: concurrent readers of one chunk share one fetch.
+//! - Every chunk is decompressed and its sha256 checked (by the chunk store) before anyone sees it; a bad
+//!   span is fetched again, then reported — never served.
+//! - On-demand reads and background fetching have separate request budgets, and background work waits
+//!   while readers wait on the network.
+
+mod fetcher;
+mod source;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+pub use fetcher::{ChunkFetcher, Priority};
+pub use source::{BlobSource, FileBlob, MemoryBlob, RegistryBlob};
+
+use crate::cache::{CacheError, ChunkDigest};
+use crate::format::FormatError;
+use crate::registry::RegistryError;
+
+/// A blob source failed to deliver a range.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Registry(Arc<RegistryError>),
+    #[error("reading {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("range {start}..{end} is outside the blob ({size} bytes)")]
+    OutOfBounds { start: u64, end: u64, size: u64 },
+    #[error("the read was cancelled")]
+    Cancelled,
+}
+
+/// Why chunks could not be served. Cheap to clone: one failed fetch is reported to every reader
+/// that waited on it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    #[error("fetching bytes {start}..{end} of {blob}")]
+    Source {
+        blob: String,
+        start: u64,
+        end: u64,
+        #[source]
+        source: SourceError,
+    },
+    #[error("chunk {digest} of {blob} is corrupt after {attempts} attempts")]
+    Corrupt {
+        blob: String,
+        digest: ChunkDigest,
+        attempts: u32,
+        #[source]
+        source: Arc<CorruptChunk>,
+    },
+    #[error("chunk cache")]
+    Cache(#[source] Arc<CacheError>),
+    #[error("the fetch was cancelled")]
+    Cancelled,
+    #[error("chunk {digest} was not delivered by its fetch")]
+    Missing { digest: ChunkDigest },
+}
+
+/// What was wrong with a chunk's bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum CorruptChunk {
+    #[error("cannot decompress")]
+    Decompress(#[source] FormatError),
+    #[error("does not match its digest")]
+    Digest(#[source] CacheError),
+}
+
+/// How a layer fetches; one section of skiffd's config.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FetchConfig {
+    /// Largest single Range request when merging neighbouring chunks.
+    pub max_request_bytes: u64,
+    /// Unneeded bytes between two needed chunks that are still fetched in the same request (a round
+    /// trip costs more than a few KiB on any real link).
+    pub max_gap_bytes: u64,
+    /// Range requests in flight at once for readers.
+    pub parallel_requests: usize,
+    /// Attempts per span when the registry fails or sends bytes that do not verify.
+    pub attempts: u32,
+    /// Largest readahead after sequential reads, in bytes; it starts at one chunk and doubles.
+    pub max_readahead_bytes: u64,
+    /// Fetch the prioritized files (before `.prefetch.landmark`) at mount.
+    pub prefetch: bool,
+    /// Fetch the rest of the layer in the background after mount; `None` turns it off.
+    pub background: Option<BackgroundConfig>,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            max_request_bytes: 4 << 20,
+            max_gap_bytes: 256 << 10,
+            parallel_requests: 8,
+            attempts: 3,
+            max_readahead_bytes: 8 << 20,
+            prefetch: true,
+            background: Some(BackgroundConfig::default()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackgroundConfig {
+    /// Range requests in flight at once for background fetching.
+    pub parallel_requests: usize,
+}
+
+impl Default for BackgroundConfig {
+    fn default() -> Self {
+        BackgroundConfig {
+            parallel_requests: 2,
+        }
+    }
+}
+
+/// Counters of one layer's fetching.
+#[derive(Debug, Default)]
+pub struct LayerStats {
+    /// Compressed bytes received from the source.
+    pub bytes_fetched: AtomicU64,
+    /// Range requests made.
+    pub requests: AtomicU64,
+    /// Chunks found in the cache (or in flight) when asked for.
+    pub chunk_hits: AtomicU64,
+    /// Chunks that had to be fetched.
+    pub chunk_misses: AtomicU64,
+    /// Time readers spent waiting for the network, in nanoseconds.
+    pub wait_nanos: AtomicU64,
+    /// Bytes fetched by prefetch and background fetching (part of `bytes_fetched`).
+    pub background_bytes: AtomicU64,
+    /// Spans refetched because the source failed or sent bytes that did not verify.
+    pub retries: AtomicU64,
+    /// Opens handed to the kernel as FUSE passthrough (reads then bypass skiff).
+    pub passthrough_opens: AtomicU64,
+}
+
+/// A copy of `LayerStats` at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub bytes_fetched: u64,
+    pub requests: u64,
+    pub chunk_hits: u64,
+    pub chunk_misses: u64,
+    pub wait_nanos: u64,
+    pub background_bytes: u64,
+    pub retries: u64,
+    pub passthrough_opens: u64,
+}
+
+impl LayerStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        StatsSnapshot {
+            bytes_fetched: get(&self.bytes_fetched),
+            requests: get(&self.requests),
+            chunk_hits: get(&self.chunk_hits),
+            chunk_misses: get(&self.chunk_misses),
+            wait_nanos: get(&self.wait_nanos),
+            background_bytes: get(&self.background_bytes),
+            retries: get(&self.retries),
+            passthrough_opens: get(&self.passthrough_opens),
+        }
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, value: u64) {
+        counter.fetch_add(value, Ordering::Relaxed);
+    }
+}

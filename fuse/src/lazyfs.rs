@@ -1,0 +1,646 @@
+//! `LazyLayer`: one lazily served layer — the file tree its TOC describes and the fetcher of its chunks —
+//! with plain filesystem methods returning `Result<_, FsError>`, so it is tested without a kernel.
+//! `adapter.rs` is the only place that speaks fuser.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use serde::Deserialize;
+use tracing::{debug, info, warn};
+
+use crate::cache::{CacheError, ChunkDigest, ChunkStore, PinGuard};
+use crate::fetch::{BlobSource, ChunkFetcher, FetchConfig, FetchError, LayerStats, Priority};
+use crate::format::chunk::Compression;
+use crate::format::toc::Limits;
+use crate::format::tree::{ChunkRef, FileTree, Ino, Node, NodeKind, ROOT_INO};
+use crate::format::{estargz, zstd_chunked, FormatError};
+
+/// The layer as its manifest describes it.
+#[derive(Debug, Clone, Default)]
+pub struct LayerDescriptor {
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// How lazy layers are opened and fetched; a section of skiffd's config.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LayerConfig {
+    /// Refuse an eStargz layer whose manifest does not pin its TOC digest (otherwise: warn and trust
+    /// the TOC, whose chunk digests still protect every byte served).
+    pub require_toc_digest: bool,
+    pub fetch: FetchConfig,
+}
+
+impl Default for LayerConfig {
+    fn default() -> Self {
+        LayerConfig {
+            require_toc_digest: true,
+            fetch: FetchConfig::default(),
+        }
+    }
+}
+
+/// Which lazy format a layer is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerFormat {
+    Estargz,
+    ZstdChunked,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Not a lazy layer; the caller unpacks it the ordinary way.
+    #[error("layer {digest} is not lazily readable: {reason}")]
+    NotLazy { digest: String, reason: String },
+    #[error("reading the TOC of layer {digest}")]
+    Fetch {
+        digest: String,
+        #[source]
+        source: FetchError,
+    },
+    #[error("layer {digest} has an invalid TOC")]
+    Format {
+        digest: String,
+        #[source]
+        source: FormatError,
+    },
+    #[error("the TOC of layer {digest} ({start}..{end}) does not fit the blob ({size} bytes) or the size limit")]
+    TocOutOfBounds {
+        digest: String,
+        start: u64,
+        end: u64,
+        size: u64,
+    },
+    #[error("the TOC of layer {digest} is {actual}, but the manifest pins {expected}")]
+    TocDigestMismatch {
+        digest: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("layer {digest} has no {annotation} annotation; refusing an unverifiable TOC (set require_toc_digest = false to allow)")]
+    TocDigestMissing {
+        digest: String,
+        annotation: &'static str,
+    },
+}
+
+/// Filesystem errors, mapped to errno in exactly one place (`FsError::errno`).
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no such entry")]
+    NotFound,
+    #[error("not a directory")]
+    NotADirectory,
+    #[error("is a directory")]
+    IsADirectory,
+    #[error("not a symlink")]
+    NotASymlink,
+    #[error("no such attribute")]
+    NoAttribute,
+    #[error("reading file bytes")]
+    Fetch(#[source] FetchError),
+    #[error("chunk cache")]
+    Cache(#[source] CacheError),
+}
+
+impl FsError {
+    pub fn errno(&self) -> i32 {
+        use nix::errno::Errno;
+        let errno = match self {
+            FsError::NotFound => Errno::ENOENT,
+            FsError::NotADirectory => Errno::ENOTDIR,
+            FsError::IsADirectory => Errno::EISDIR,
+            FsError::NotASymlink => Errno::EINVAL,
+            FsError::NoAttribute => Errno::ENODATA,
+            FsError::Fetch(_) | FsError::Cache(_) => Errno::EIO,
+        };
+        errno as i32
+    }
+}
+
+/// Attributes of one inode, in project types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: NodeKind,
+    pub size: u64,
+    pub blocks: u64,
+    pub mtime: SystemTime,
+    /// Permission bits including setuid/setgid/sticky, no file type.
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Device number in the kernel's 32-bit encoding.
+    pub rdev: u32,
+}
+
+/// One directory entry; `offset` is what a later readdir passes to continue after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: Ino,
+    pub offset: u64,
+    pub kind: NodeKind,
+    pub name: Vec<u8>,
+}
+
+/// Sequential-read detection for one inode.
+#[derive(Debug, Clone, Copy)]
+struct Sequential {
+    next_offset: u64,
+    window: u64,
+}
+
+pub struct LazyLayer {
+    descriptor: LayerDescriptor,
+    format: LayerFormat,
+    tree: FileTree,
+    fetcher: Arc<ChunkFetcher>,
+    sequential: Mutex<HashMap<Ino, Sequential>>,
+}
+
+/// The kernel's 32-bit device encoding (`new_encode_dev`).
+fn encode_dev(major: u32, minor: u32) -> u32 {
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
+}
+
+impl LazyLayer {
+    /// Reads the footer and TOC (two or three Range requests), verifies the TOC against the manifest's
+    /// annotation and builds the tree. No file bytes are fetched.
+    pub async fn open(
+        source: Arc<dyn BlobSource>,
+        descriptor: &LayerDescriptor,
+        store: ChunkStore,
+        config: &LayerConfig,
+    ) -> Result<Arc<LazyLayer>, OpenError> {
+        let limits = Limits::default();
+        let digest = descriptor.digest.clone();
+        let format_error = |source| OpenError::Format {
+            digest: digest.clone(),
+            source,
+        };
+        let read = |range: std::ops::Range<u64>| {
+            let source = Arc::clone(&source);
+            let digest = digest.clone();
+            async move {
+                source
+                    .read_range(range.clone())
+                    .await
+                    .map_err(|err| OpenError::Fetch {
+                        digest,
+                        source: FetchError::Source {
+                            blob: source.describe(),
+                            start: range.start,
+                            end: range.end,
+                            source: err,
+                        },
+                    })
+            }
+        };
+        let size = source.size();
+
+        let (format, compression, toc, toc_end, toc_digest, pinned) = if let Some(position) =
+            descriptor
+                .annotations
+                .get(zstd_chunked::MANIFEST_POSITION_ANNOTATION)
+        {
+            let position =
+                zstd_chunked::parse_manifest_position(position).map_err(&format_error)?;
+            let range = position.range();
+            if range.end > size || position.length > limits.max_toc_bytes {
+                return Err(OpenError::TocOutOfBounds {
+                    digest,
+                    start: range.start,
+                    end: range.end,
+                    size,
+                });
+            }
+            let region = read(range).await?;
+            let (toc, toc_digest) =
+                zstd_chunked::parse_toc(&region, &position, &limits).map_err(&format_error)?;
+            let pinned = descriptor
+                .annotations
+                .get(zstd_chunked::MANIFEST_CHECKSUM_ANNOTATION)
+                .cloned();
+            (
+                LayerFormat::ZstdChunked,
+                Compression::Zstd,
+                toc,
+                position.payload_end(),
+                toc_digest,
+                pinned.map(|p| (p, zstd_chunked::MANIFEST_CHECKSUM_ANNOTATION)),
+            )
+        } else {
+            if size < estargz::LEGACY_FOOTER_SIZE {
+                return Err(OpenError::NotLazy {
+                    digest,
+                    reason: format!("{size} bytes is too small for an eStargz footer"),
+                });
+            }
+            let tail_len = estargz::FOOTER_SIZE.min(size);
+            let tail = read(size - tail_len..size).await?;
+            let footer = estargz::parse_footer(&tail).map_err(|err| OpenError::NotLazy {
+                digest: digest.clone(),
+                reason: format!("no eStargz footer ({err})"),
+            })?;
+            let range = footer.toc_range(size).map_err(&format_error)?;
+            if range.end - range.start > limits.max_toc_bytes {
+                return Err(OpenError::TocOutOfBounds {
+                    digest,
+                    start: range.start,
+                    end: range.end,
+                    size,
+                });
+            }
+            let region = read(range).await?;
+            let (toc, toc_digest) = estargz::parse_toc(&region, &limits).map_err(&format_error)?;
+            let pinned = descriptor
+                .annotations
+                .get(estargz::TOC_DIGEST_ANNOTATION)
+                .cloned();
+            (
+                LayerFormat::Estargz,
+                Compression::Gzip,
+                toc,
+                footer.toc_offset,
+                toc_digest,
+                pinned.map(|p| (p, estargz::TOC_DIGEST_ANNOTATION)),
+            )
+        };
+
+        match pinned {
+            Some((expected, _)) if expected != toc_digest => {
+                return Err(OpenError::TocDigestMismatch {
+                    digest,
+                    expected,
+                    actual: toc_digest,
+                })
+            }
+            Some(_) => {}
+            None if config.require_toc_digest => {
+                return Err(OpenError::TocDigestMissing {
+                    digest,
+                    annotation: match format {
+                        LayerFormat::Estargz => estargz::TOC_DIGEST_ANNOTATION,
+                        LayerFormat::ZstdChunked => zstd_chunked::MANIFEST_CHECKSUM_ANNOTATION,
+                    },
+                })
+            }
+            None => {
+                warn!(layer = %digest, "TOC digest not pinned by the manifest; trusting the TOC")
+            }
+        }
+
+        let tree = FileTree::build(&toc, compression, toc_end, &limits).map_err(&format_error)?;
+        info!(layer = %digest, ?format, inodes = tree.len(), bytes = tree.total_file_bytes(), "layer opened lazily");
+        let stats = Arc::new(LayerStats::default());
+        let fetcher = ChunkFetcher::new(source, store, compression, config.fetch.clone(), stats);
+        Ok(Arc::new(LazyLayer {
+            descriptor: descriptor.clone(),
+            format,
+            tree,
+            fetcher,
+            sequential: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn descriptor(&self) -> &LayerDescriptor {
+        &self.descriptor
+    }
+
+    pub fn format(&self) -> LayerFormat {
+        self.format
+    }
+
+    pub fn tree(&self) -> &FileTree {
+        &self.tree
+    }
+
+    pub fn stats(&self) -> &Arc<LayerStats> {
+        self.fetcher.stats()
+    }
+
+    fn node(&self, ino: Ino) -> Result<&Node, FsError> {
+        self.tree.node(ino).ok_or(FsError::NotFound)
+    }
+
+    fn attr_of(node: &Node) -> Attr {
+        let mtime = if node.mtime.0 >= 0 {
+            UNIX_EPOCH + Duration::new(node.mtime.0 as u64, node.mtime.1)
+        } else {
+            UNIX_EPOCH - Duration::new(node.mtime.0.unsigned_abs(), 0)
+        };
+        Attr {
+            ino: node.ino,
+            kind: node.kind,
+            size: node.size,
+            blocks: node.size.div_ceil(512),
+            mtime,
+            perm: (node.mode & 0o7777) as u16,
+            nlink: node.nlink,
+            uid: node.uid,
+            gid: node.gid,
+            rdev: encode_dev(node.rdev_major, node.rdev_minor),
+        }
+    }
+
+    pub fn getattr(&self, ino: Ino) -> Result<Attr, FsError> {
+        self.node(ino).map(Self::attr_of)
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr, FsError> {
+        let dir = self.node(parent)?;
+        if dir.kind != NodeKind::Dir {
+            return Err(FsError::NotADirectory);
+        }
+        let ino = self.tree.lookup(parent, name).ok_or(FsError::NotFound)?;
+        self.getattr(ino)
+    }
+
+    /// Entries after `offset` (0 starts at the beginning): `.`, `..`, then the children by name.
+    pub fn readdir(&self, ino: Ino, offset: u64) -> Result<Vec<DirEntry>, FsError> {
+        let dir = self.node(ino)?;
+        if dir.kind != NodeKind::Dir {
+            return Err(FsError::NotADirectory);
+        }
+        let parent = self.tree.parent(ino).unwrap_or(ROOT_INO);
+        let dots = [(b".".to_vec(), ino), (b"..".to_vec(), parent)];
+        let children = self.tree.children(ino).iter().cloned();
+        Ok(dots
+            .into_iter()
+            .chain(children)
+            .enumerate()
+            .skip(offset as usize)
+            .filter_map(|(i, (name, child))| {
+                let kind = self.tree.node(child)?.kind;
+                Some(DirEntry {
+                    ino: child,
+                    offset: i as u64 + 1,
+                    kind,
+                    name,
+                })
+            })
+            .collect())
+    }
+
+    pub fn readlink(&self, ino: Ino) -> Result<&[u8], FsError> {
+        self.node(ino)?
+            .link_target
+            .as_deref()
+            .ok_or(FsError::NotASymlink)
+    }
+
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<&[u8], FsError> {
+        self.node(ino)?
+            .xattrs
+            .get(name)
+            .map(Vec::as_slice)
+            .ok_or(FsError::NoAttribute)
+    }
+
+    /// Attribute names, each followed by a NUL byte (the listxattr(2) format).
+    pub fn listxattr(&self, ino: Ino) -> Result<Vec<u8>, FsError> {
+        let mut list = Vec::new();
+        for name in self.node(ino)?.xattrs.keys() {
+            list.extend_from_slice(name);
+            list.push(0);
+        }
+        Ok(list)
+    }
+
+    fn file(&self, ino: Ino) -> Result<&Node, FsError> {
+        let node = self.node(ino)?;
+        match node.kind {
+            NodeKind::File => Ok(node),
+            NodeKind::Dir => Err(FsError::IsADirectory),
+            _ => Err(FsError::NotFound),
+        }
+    }
+
+    /// The chunks covering bytes `[offset, offset+len)` of a file, and that range clamped to the file.
+    fn chunks_for(node: &Node, offset: u64, len: u64) -> (&[ChunkRef], u64, u64) {
+        let start = offset.min(node.size);
+        let end = offset.saturating_add(len).min(node.size);
+        (node.chunks_covering(start, end - start), start, end)
+    }
+
+    fn assemble(chunks: &[ChunkRef], data: &[Bytes], start: u64, end: u64) -> Bytes {
+        if let ([chunk], [bytes]) = (chunks, data) {
+            let from = (start - chunk.file_offset) as usize;
+            let to = (end - chunk.file_offset) as usize;
+            return bytes.slice(from..to);
+        }
+        let mut out = BytesMut::with_capacity((end - start) as usize);
+        for (chunk, bytes) in chunks.iter().zip(data) {
+            let from = start.max(chunk.file_offset) - chunk.file_offset;
+            let to = end.min(chunk.file_offset + chunk.size) - chunk.file_offset;
+            out.extend_from_slice(&bytes[from as usize..to as usize]);
+        }
+        out.freeze()
+    }
+
+    /// The bytes, if every chunk is already cached: the FUSE thread answers these inline. `None` means a
+    /// fetch is needed (use `read`).
+    pub fn read_cached(&self, ino: Ino, offset: u64, len: u32) -> Result<Option<Bytes>, FsError> {
+        let node = self.file(ino)?;
+        let (chunks, start, end) = Self::chunks_for(node, offset, len as u64);
+        if chunks.is_empty() {
+            return Ok(Some(Bytes::new()));
+        }
+        let store = self.fetcher.store();
+        let mut data = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            match store
+                .get(&ChunkDigest(chunk.digest))
+                .map_err(FsError::Cache)?
+            {
+                Some(bytes) => data.push(bytes),
+                None => return Ok(None),
+            }
+        }
+        LayerStats::add(&self.stats().chunk_hits, chunks.len() as u64);
+        self.note_read(node, end);
+        Ok(Some(Self::assemble(chunks, &data, start, end)))
+    }
+
+    /// The bytes `[offset, offset+len)` of a file (fewer at end of file), fetching what is missing.
+    pub async fn read(self: &Arc<Self>, ino: Ino, offset: u64, len: u32) -> Result<Bytes, FsError> {
+        let node = self.file(ino)?;
+        let (chunks, start, end) = Self::chunks_for(node, offset, len as u64);
+        if chunks.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let readahead = self.readahead(node, start, end);
+        let data = self
+            .fetcher
+            .get(chunks, Priority::Demand)
+            .await
+            .map_err(FsError::Fetch)?;
+        if let Some(ahead) = readahead {
+            let fetcher = Arc::clone(&self.fetcher);
+            tokio::spawn(async move {
+                if let Err(err) = fetcher.get(&ahead, Priority::Prefetch).await {
+                    debug!(error = %err, "readahead failed");
+                }
+            });
+        }
+        Ok(Self::assemble(chunks, &data, start, end))
+    }
+
+    fn note_read(&self, node: &Node, end: u64) {
+        let mut sequential = self.sequential.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = sequential.get_mut(&node.ino) {
+            state.next_offset = end;
+        }
+    }
+
+    /// Sequential reads grow a readahead window (one chunk, doubling up to the configured maximum);
+    /// returns the chunks to fetch ahead that are not cached yet.
+    fn readahead(&self, node: &Node, start: u64, end: u64) -> Option<Vec<ChunkRef>> {
+        let max = self.fetcher.config().max_readahead_bytes;
+        if max == 0 {
+            return None;
+        }
+        let window = {
+            let mut sequential = self.sequential.lock().unwrap_or_else(|e| e.into_inner());
+            let state = sequential.entry(node.ino).or_insert(Sequential {
+                next_offset: u64::MAX,
+                window: 0,
+            });
+            let window = if state.next_offset == start {
+                (state.window.max(end - start) * 2).min(max)
+            } else {
+                0
+            };
+            *state = Sequential {
+                next_offset: end,
+                window,
+            };
+            window
+        };
+        if window == 0 || end >= node.size {
+            return None;
+        }
+        let (ahead, _, _) = Self::chunks_for(node, end, window);
+        let missing: Vec<ChunkRef> = self.fetcher.missing(ahead).into_iter().cloned().collect();
+        (!missing.is_empty()).then_some(missing)
+    }
+
+    /// If the whole file is cached, its path in the chunk store (held against eviction by the guard), for
+    /// FUSE passthrough. A multi-chunk file is assembled once into a whole-file entry.
+    pub fn cached_file(&self, ino: Ino) -> Result<Option<(PathBuf, PinGuard)>, FsError> {
+        let node = self.file(ino)?;
+        let store = self.fetcher.store();
+        let whole = match (node.chunks.as_slice(), node.file_digest) {
+            ([], _) => return Ok(None),
+            ([only], _) => ChunkDigest(only.digest),
+            (_, Some(file_digest)) => ChunkDigest(file_digest),
+            (_, None) => return Ok(None),
+        };
+        let pin = store.pin(&whole);
+        if store.contains(&whole) {
+            return Ok(Some((store.path(&whole), pin)));
+        }
+        if !self.fetcher.missing(&node.chunks).is_empty() {
+            return Ok(None);
+        }
+        let mut assembled = Vec::with_capacity(node.size as usize);
+        for chunk in &node.chunks {
+            match store
+                .get(&ChunkDigest(chunk.digest))
+                .map_err(FsError::Cache)?
+            {
+                Some(bytes) => assembled.extend_from_slice(&bytes),
+                None => return Ok(None),
+            }
+        }
+        store.insert(&whole, &assembled).map_err(FsError::Cache)?;
+        Ok(Some((store.path(&whole), pin)))
+    }
+
+    /// Prefetches the prioritized files, then (if configured) every remaining chunk of the layer in blob
+    /// order, at low priority. Runs until done; abort the task to stop it.
+    pub async fn fetch_in_background(self: Arc<Self>) {
+        let config = self.fetcher.config().clone();
+        if config.prefetch {
+            let chunks: Vec<ChunkRef> = self
+                .tree
+                .prefetch_inodes()
+                .into_iter()
+                .filter_map(|ino| self.tree.node(ino))
+                .flat_map(|node| node.chunks.iter().cloned())
+                .collect();
+            if !chunks.is_empty() {
+                let count = chunks.len();
+                match self.fetcher.get(&chunks, Priority::Prefetch).await {
+                    Ok(_) => {
+                        debug!(layer = %self.descriptor.digest, chunks = count, "prefetched prioritized files")
+                    }
+                    Err(err) => {
+                        warn!(layer = %self.descriptor.digest, error = %err, "prefetch failed")
+                    }
+                }
+            }
+        }
+        let Some(background) = config.background else {
+            return;
+        };
+        let mut all: Vec<ChunkRef> = self
+            .tree
+            .nodes()
+            .flat_map(|node| node.chunks.iter().cloned())
+            .collect();
+        all.sort_by_key(|c| c.compressed.start);
+        all.dedup_by_key(|c| c.digest);
+        let mut batches: Vec<Vec<ChunkRef>> = Vec::new();
+        let mut batch_bytes = 0;
+        for chunk in self.fetcher.missing(&all).into_iter().cloned() {
+            let len = chunk.compressed.end - chunk.compressed.start;
+            if batch_bytes + len > config.max_request_bytes && !batches.is_empty() {
+                batch_bytes = 0;
+                batches.push(Vec::new());
+            }
+            if batches.is_empty() {
+                batches.push(Vec::new());
+            }
+            batch_bytes += len;
+            batches.last_mut().expect("a batch exists").push(chunk);
+        }
+        let fetcher = &self.fetcher;
+        futures::stream::iter(batches)
+            .for_each_concurrent(background.parallel_requests.max(1), |batch| async move {
+                if let Err(err) = fetcher.get(&batch, Priority::Background).await {
+                    debug!(error = %err, "background fetch failed; readers will fetch on demand");
+                }
+            })
+            .await;
+        let stats = self.stats().snapshot();
+        info!(layer = %self.descriptor.digest, bytes = stats.bytes_fetched, requests = stats.requests,
+              "layer fully cached");
+    }
+
+    pub fn statfs(&self) -> StatFs {
+        StatFs {
+            blocks: self.tree.total_file_bytes().div_ceil(4096),
+            files: self.tree.len() as u64,
+            block_size: 4096,
+            name_max: 255,
+        }
+    }
+}
+
+/// What statfs reports for a read-only layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub files: u64,
+    pub block_size: u32,
+    pub name_max: u32,
+}
