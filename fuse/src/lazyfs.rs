@@ -206,13 +206,21 @@ impl LazyLayer {
         };
         let size = source.size();
 
-        let (format, compression, toc, toc_end, toc_digest, pinned) = if let Some(position) =
+        // containers/storage's names, or the older `io.containers.` ones (stargz-snapshotter's converter).
+        let annotation = |name: &str, legacy: &str| {
             descriptor
                 .annotations
-                .get(zstd_chunked::MANIFEST_POSITION_ANNOTATION)
-        {
+                .get(name)
+                .or_else(|| descriptor.annotations.get(legacy))
+                .cloned()
+        };
+        let (format, compression, toc, toc_end, toc_digest, pinned) = if let Some(position) =
+            annotation(
+                zstd_chunked::MANIFEST_POSITION_ANNOTATION,
+                zstd_chunked::LEGACY_MANIFEST_POSITION_ANNOTATION,
+            ) {
             let position =
-                zstd_chunked::parse_manifest_position(position).map_err(&format_error)?;
+                zstd_chunked::parse_manifest_position(&position).map_err(&format_error)?;
             let range = position.range();
             if range.end > size || position.length > limits.max_toc_bytes {
                 return Err(OpenError::TocOutOfBounds {
@@ -225,10 +233,10 @@ impl LazyLayer {
             let region = read(range).await?;
             let (toc, toc_digest) =
                 zstd_chunked::parse_toc(&region, &position, &limits).map_err(&format_error)?;
-            let pinned = descriptor
-                .annotations
-                .get(zstd_chunked::MANIFEST_CHECKSUM_ANNOTATION)
-                .cloned();
+            let pinned = annotation(
+                zstd_chunked::MANIFEST_CHECKSUM_ANNOTATION,
+                zstd_chunked::LEGACY_MANIFEST_CHECKSUM_ANNOTATION,
+            );
             (
                 LayerFormat::ZstdChunked,
                 Compression::Zstd,

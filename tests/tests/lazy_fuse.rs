@@ -16,8 +16,8 @@ use skiff_fuse::fetch::{FetchConfig, RegistryBlob};
 use skiff_fuse::lazyfs::{LayerConfig, LayerDescriptor, LazyLayer};
 use skiff_fuse::registry::{Descriptor, Reference, RegistryClient, RegistryConfig};
 use skiff_tests::{
-    convert_estargz, require, Containerd, Fault, FaultProxy, ImageSpec, LayerSpec, Registry,
-    RegistryAuth,
+    convert_image, require, Containerd, Fault, FaultProxy, ImageSpec, LayerSpec, LazyFormat,
+    Registry, RegistryAuth,
 };
 
 const TOOLS: &[&str] = &[
@@ -93,8 +93,16 @@ const SKIPPED: &[&str] = &[
 /// `(target, link)` pairs of a layer's hardlinks.
 type Hardlinks = Vec<(PathBuf, PathBuf)>;
 
-fn expected_tree(blob: &[u8]) -> Result<(BTreeMap<PathBuf, Expected>, Hardlinks)> {
-    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(blob));
+fn expected_tree(
+    blob: &[u8],
+    media_type: &str,
+) -> Result<(BTreeMap<PathBuf, Expected>, Hardlinks)> {
+    let stream: Box<dyn Read + '_> = if media_type.contains("zstd") {
+        Box::new(zstd::stream::read::Decoder::new(blob)?)
+    } else {
+        Box::new(flate2::read::MultiGzDecoder::new(blob))
+    };
+    let mut archive = tar::Archive::new(stream);
     let mut tree = BTreeMap::new();
     let mut hardlinks = Vec::new();
     let mut opaque = Vec::new();
@@ -329,13 +337,20 @@ struct Fixture {
     layers: Vec<Descriptor>,
 }
 
-async fn converted_image() -> Result<Fixture> {
+async fn converted_image(format: LazyFormat) -> Result<Fixture> {
     require(TOOLS)?;
     let registry = Registry::start(RegistryAuth::Anonymous)?;
     let layout = every_entry_type().build_layout()?;
     registry.push(&layout, "src:1")?;
     let containerd = Containerd::start()?;
-    convert_estargz(&containerd, &registry.host(), "src:1", "lazy:1", None)?;
+    convert_image(
+        &containerd,
+        &registry.host(),
+        "src:1",
+        "lazy:1",
+        None,
+        format,
+    )?;
     let proxy = FaultProxy::in_front_of(&registry)?;
     let client = client()?;
     let via_proxy: Reference = format!("{}/lazy:1", proxy.host()).parse()?;
@@ -369,13 +384,24 @@ fn no_background() -> LayerConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn estargz_from_ctr_remote_matches_tar_extraction_and_reads_lazily() -> Result<()> {
-    let fixture = converted_image().await?;
+    mount_matches_tar_extraction(LazyFormat::Estargz).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_chunked_from_ctr_remote_matches_tar_extraction_and_reads_lazily() -> Result<()> {
+    mount_matches_tar_extraction(LazyFormat::ZstdChunked).await
+}
+
+async fn mount_matches_tar_extraction(format: LazyFormat) -> Result<()> {
+    let fixture = converted_image(format).await?;
     let cache = tempfile::tempdir()?;
     let store = ChunkStore::open(cache.path(), CacheConfig::default())?;
 
     for layer in &fixture.layers {
-        let (expected, hardlinks) =
-            expected_tree(&whole_blob(&fixture.client, &fixture.direct, layer).await?)?;
+        let (expected, hardlinks) = expected_tree(
+            &whole_blob(&fixture.client, &fixture.direct, layer).await?,
+            &layer.media_type().to_string(),
+        )?;
         let digest = layer.digest().to_string();
         fixture.proxy.reset_counts();
 
@@ -393,6 +419,15 @@ async fn estargz_from_ctr_remote_matches_tar_extraction_and_reads_lazily() -> Re
         )
         .await
         .with_context(|| format!("open layer {digest}"))?;
+        let served_as = match format {
+            LazyFormat::Estargz => skiff_fuse::lazyfs::LayerFormat::Estargz,
+            LazyFormat::ZstdChunked => skiff_fuse::lazyfs::LayerFormat::ZstdChunked,
+        };
+        ensure!(
+            lazy.format() == served_as,
+            "layer read as {:?}",
+            lazy.format()
+        );
         let toc_bytes = fixture.proxy.bytes_matching(&digest);
         ensure!(
             fixture.proxy.requests_matching(&digest) <= 3,
@@ -519,7 +554,7 @@ async fn estargz_from_ctr_remote_matches_tar_extraction_and_reads_lazily() -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_and_truncated_bytes_are_eio_and_never_cached() -> Result<()> {
-    let fixture = converted_image().await?;
+    let fixture = converted_image(LazyFormat::Estargz).await?;
     let cache = tempfile::tempdir()?;
     let store = ChunkStore::open(cache.path(), CacheConfig::default())?;
     let layer = &fixture.layers[0];
@@ -596,4 +631,83 @@ fn walk(root: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(found)
+}
+
+/// Two different images whose layers hold the same file: its chunks are stored once, and reading it
+/// through the second image fetches nothing from the second image's blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_chunks_of_different_images_are_fetched_once() -> Result<()> {
+    require(TOOLS)?;
+    let registry = Registry::start(RegistryAuth::Anonymous)?;
+    let containerd = Containerd::start()?;
+    let shared_len = 3 * 1024 * 1024 + 5;
+    for (name, other) in [
+        ("first", "only in the first image\n"),
+        ("second", "the second one\n"),
+    ] {
+        let layout = ImageSpec::new()
+            .layer(
+                LayerSpec::new()
+                    .generated_file("/opt/shared.bin", shared_len, 7)
+                    .file(&format!("/etc/{name}"), other),
+            )
+            .build_layout()?;
+        registry.push(&layout, &format!("src-{name}:1"))?;
+        convert_image(
+            &containerd,
+            &registry.host(),
+            &format!("src-{name}:1"),
+            &format!("lazy-{name}:1"),
+            None,
+            LazyFormat::Estargz,
+        )?;
+    }
+    let proxy = FaultProxy::in_front_of(&registry)?;
+    let client = client()?;
+    let cache = tempfile::tempdir()?;
+    let store = ChunkStore::open(cache.path(), CacheConfig::default())?;
+    let expected = skiff_tests::generated_bytes(7, shared_len);
+
+    let mut fetched = Vec::new();
+    for name in ["first", "second"] {
+        let reference: Reference = format!("{}/lazy-{name}:1", proxy.host()).parse()?;
+        let layer = client.resolve(&reference).await?.image_manifest.layers()[0].clone();
+        let digest = layer.digest().to_string();
+        let source = Arc::new(RegistryBlob::new(
+            client.clone(),
+            reference,
+            layer.digest().clone(),
+            layer.size(),
+        ));
+        let lazy = LazyLayer::open(
+            source,
+            &layer_descriptor(&layer),
+            store.clone(),
+            &no_background(),
+        )
+        .await?;
+        let opened = proxy.bytes_matching(&digest);
+        let mountpoint = tempfile::tempdir()?;
+        let mounted = MountedLayer::mount(
+            lazy.clone(),
+            mountpoint.path(),
+            tokio::runtime::Handle::current(),
+        )?;
+        let path = mountpoint.path().join("opt/shared.bin");
+        let bytes = blocking(move || Ok(std::fs::read(path)?)).await?;
+        ensure!(bytes == expected, "{name}: shared.bin differs");
+        fetched.push(proxy.bytes_matching(&digest) - opened);
+        mounted.unmount()?;
+    }
+    ensure!(
+        fetched[0] >= shared_len as u64 / 2,
+        "the first image fetched only {} bytes of a {shared_len}-byte file",
+        fetched[0]
+    );
+    ensure!(
+        fetched[1] == 0,
+        "the second image fetched {} bytes for chunks already in the cache",
+        fetched[1]
+    );
+    Ok(())
 }
