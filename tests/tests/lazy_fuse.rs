@@ -711,3 +711,68 @@ async fn identical_chunks_of_different_images_are_fetched_once() -> Result<()> {
     );
     Ok(())
 }
+
+/// A read waiting on a slow registry does not hold up metadata operations or cached reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_fetch_does_not_stall_other_operations() -> Result<()> {
+    let fixture = converted_image(LazyFormat::Estargz).await?;
+    let cache = tempfile::tempdir()?;
+    let store = ChunkStore::open(cache.path(), CacheConfig::default())?;
+    let layer = &fixture.layers[0];
+    let digest = layer.digest().to_string();
+    let source = Arc::new(RegistryBlob::new(
+        fixture.client.clone(),
+        fixture.via_proxy.clone(),
+        layer.digest().clone(),
+        layer.size(),
+    ));
+    let lazy = LazyLayer::open(
+        source,
+        &layer_descriptor(layer),
+        store.clone(),
+        &no_background(),
+    )
+    .await?;
+    let mountpoint = tempfile::tempdir()?;
+    let mounted = MountedLayer::mount(
+        lazy.clone(),
+        mountpoint.path(),
+        tokio::runtime::Handle::current(),
+    )?;
+    let root = mountpoint.path().to_path_buf();
+    let hello = root.join("data/hello.txt");
+    blocking(move || Ok(std::fs::read(hello)?)).await?;
+
+    // Every blob request now takes seconds.
+    fixture
+        .proxy
+        .inject(&digest, Fault::Delay(std::time::Duration::from_secs(3)));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let big = root.join("data/big.bin");
+    let slow_read = std::thread::spawn(move || {
+        let result = std::fs::read(big);
+        let _ = done_tx.send(());
+        result
+    });
+    // Give the kernel a moment to send the read (no timing is asserted).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let others = blocking({
+        let root = root.clone();
+        move || {
+            let listed = walk(&root)?.len();
+            let hello = std::fs::read(root.join("data/hello.txt"))?;
+            Ok((listed, hello))
+        }
+    })
+    .await?;
+    ensure!(others.0 > 5 && others.1 == b"hello\n");
+    ensure!(
+        done_rx.try_recv().is_err(),
+        "the slow read finished before the metadata walk; the test proved nothing"
+    );
+    let bytes = slow_read.join().expect("reader thread")?;
+    ensure!(bytes == skiff_tests::generated_bytes(42, 5 * 1024 * 1024 + 17));
+    fixture.proxy.clear_faults();
+    mounted.unmount()?;
+    Ok(())
+}
