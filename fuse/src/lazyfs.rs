@@ -171,6 +171,141 @@ fn encode_dev(major: u32, minor: u32) -> u32 {
     (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
 }
 
+/// A TOC as found in a blob, before it is trusted.
+struct FoundToc {
+    format: LayerFormat,
+    compression: Compression,
+    toc: crate::format::toc::Toc,
+    /// Where the last chunk's compressed bytes end at the latest.
+    toc_end: u64,
+    toc_digest: String,
+    /// The digest the manifest pins, if it does, and the annotation that would pin it.
+    pinned: Option<String>,
+    pin_annotation: &'static str,
+}
+
+/// An annotation under its current name or the older `io.containers.` one (stargz-snapshotter's
+/// converter writes those).
+fn descriptor_annotation(descriptor: &LayerDescriptor, name: &str, legacy: &str) -> Option<String> {
+    descriptor
+        .annotations
+        .get(name)
+        .or_else(|| descriptor.annotations.get(legacy))
+        .cloned()
+}
+
+/// Reads a layer's footer and TOC region through its source.
+struct TocReader<'a> {
+    source: &'a dyn BlobSource,
+    descriptor: &'a LayerDescriptor,
+    limits: &'a Limits,
+}
+
+impl TocReader<'_> {
+    fn digest(&self) -> String {
+        self.descriptor.digest.clone()
+    }
+
+    fn format_error(&self, source: FormatError) -> OpenError {
+        OpenError::Format {
+            digest: self.digest(),
+            source,
+        }
+    }
+
+    async fn read(&self, range: std::ops::Range<u64>) -> Result<bytes::Bytes, OpenError> {
+        self.source
+            .read_range(range.clone())
+            .await
+            .map_err(|source| OpenError::Fetch {
+                digest: self.digest(),
+                source: FetchError::Source {
+                    blob: self.source.describe(),
+                    start: range.start,
+                    end: range.end,
+                    source,
+                },
+            })
+    }
+
+    /// Reads a TOC region after checking it lies in the blob and within the TOC size limit.
+    async fn read_toc_region(
+        &self,
+        range: std::ops::Range<u64>,
+    ) -> Result<bytes::Bytes, OpenError> {
+        let size = self.source.size();
+        if range.start > range.end
+            || range.end > size
+            || range.end - range.start > self.limits.max_toc_bytes
+        {
+            return Err(OpenError::TocOutOfBounds {
+                digest: self.digest(),
+                start: range.start,
+                end: range.end,
+                size,
+            });
+        }
+        self.read(range).await
+    }
+
+    async fn zstd_chunked(&self, position: &str) -> Result<FoundToc, OpenError> {
+        let position = zstd_chunked::parse_manifest_position(position)
+            .map_err(|err| self.format_error(err))?;
+        let region = self.read_toc_region(position.range()).await?;
+        let (toc, toc_digest) = zstd_chunked::parse_toc(&region, &position, self.limits)
+            .map_err(|err| self.format_error(err))?;
+        Ok(FoundToc {
+            format: LayerFormat::ZstdChunked,
+            compression: Compression::Zstd,
+            toc,
+            toc_end: position.payload_end(),
+            toc_digest,
+            pinned: descriptor_annotation(
+                self.descriptor,
+                zstd_chunked::MANIFEST_CHECKSUM_ANNOTATION,
+                zstd_chunked::LEGACY_MANIFEST_CHECKSUM_ANNOTATION,
+            ),
+            pin_annotation: zstd_chunked::MANIFEST_CHECKSUM_ANNOTATION,
+        })
+    }
+
+    async fn estargz(&self) -> Result<FoundToc, OpenError> {
+        let size = self.source.size();
+        if size < estargz::LEGACY_FOOTER_SIZE {
+            return Err(OpenError::NotLazy {
+                digest: self.digest(),
+                reason: format!("{size} bytes is too small for an eStargz footer"),
+            });
+        }
+        let tail = self
+            .read(size - estargz::FOOTER_SIZE.min(size)..size)
+            .await?;
+        let footer = estargz::parse_footer(&tail).map_err(|err| OpenError::NotLazy {
+            digest: self.digest(),
+            reason: format!("no eStargz footer ({err})"),
+        })?;
+        let range = footer
+            .toc_range(size)
+            .map_err(|err| self.format_error(err))?;
+        let region = self.read_toc_region(range).await?;
+        let (toc, toc_digest) =
+            estargz::parse_toc(&region, self.limits).map_err(|err| self.format_error(err))?;
+        Ok(FoundToc {
+            format: LayerFormat::Estargz,
+            compression: Compression::Gzip,
+            toc,
+            toc_end: footer.toc_offset,
+            toc_digest,
+            pinned: self
+                .descriptor
+                .annotations
+                .get(estargz::TOC_DIGEST_ANNOTATION)
+                .cloned(),
+            pin_annotation: estargz::TOC_DIGEST_ANNOTATION,
+        })
+    }
+}
+
 impl LazyLayer {
     /// Reads the footer and TOC (two or three Range requests), verifies the TOC against the manifest's
     /// annotation and builds the tree. No file bytes are fetched.
@@ -181,124 +316,33 @@ impl LazyLayer {
         config: &LayerConfig,
     ) -> Result<Arc<LazyLayer>, OpenError> {
         let limits = Limits::default();
+        let reader = TocReader {
+            source: source.as_ref(),
+            descriptor,
+            limits: &limits,
+        };
+        let found = match descriptor_annotation(
+            descriptor,
+            zstd_chunked::MANIFEST_POSITION_ANNOTATION,
+            zstd_chunked::LEGACY_MANIFEST_POSITION_ANNOTATION,
+        ) {
+            Some(position) => reader.zstd_chunked(&position).await?,
+            None => reader.estargz().await?,
+        };
         let digest = descriptor.digest.clone();
-        let format_error = |source| OpenError::Format {
-            digest: digest.clone(),
-            source,
-        };
-        let read = |range: std::ops::Range<u64>| {
-            let source = Arc::clone(&source);
-            let digest = digest.clone();
-            async move {
-                source
-                    .read_range(range.clone())
-                    .await
-                    .map_err(|err| OpenError::Fetch {
-                        digest,
-                        source: FetchError::Source {
-                            blob: source.describe(),
-                            start: range.start,
-                            end: range.end,
-                            source: err,
-                        },
-                    })
-            }
-        };
-        let size = source.size();
-
-        // containers/storage's names, or the older `io.containers.` ones (stargz-snapshotter's converter).
-        let annotation = |name: &str, legacy: &str| {
-            descriptor
-                .annotations
-                .get(name)
-                .or_else(|| descriptor.annotations.get(legacy))
-                .cloned()
-        };
-        let (format, compression, toc, toc_end, toc_digest, pinned) = if let Some(position) =
-            annotation(
-                zstd_chunked::MANIFEST_POSITION_ANNOTATION,
-                zstd_chunked::LEGACY_MANIFEST_POSITION_ANNOTATION,
-            ) {
-            let position =
-                zstd_chunked::parse_manifest_position(&position).map_err(&format_error)?;
-            let range = position.range();
-            if range.end > size || position.length > limits.max_toc_bytes {
-                return Err(OpenError::TocOutOfBounds {
-                    digest,
-                    start: range.start,
-                    end: range.end,
-                    size,
-                });
-            }
-            let region = read(range).await?;
-            let (toc, toc_digest) =
-                zstd_chunked::parse_toc(&region, &position, &limits).map_err(&format_error)?;
-            let pinned = annotation(
-                zstd_chunked::MANIFEST_CHECKSUM_ANNOTATION,
-                zstd_chunked::LEGACY_MANIFEST_CHECKSUM_ANNOTATION,
-            );
-            (
-                LayerFormat::ZstdChunked,
-                Compression::Zstd,
-                toc,
-                position.payload_end(),
-                toc_digest,
-                pinned.map(|p| (p, zstd_chunked::MANIFEST_CHECKSUM_ANNOTATION)),
-            )
-        } else {
-            if size < estargz::LEGACY_FOOTER_SIZE {
-                return Err(OpenError::NotLazy {
-                    digest,
-                    reason: format!("{size} bytes is too small for an eStargz footer"),
-                });
-            }
-            let tail_len = estargz::FOOTER_SIZE.min(size);
-            let tail = read(size - tail_len..size).await?;
-            let footer = estargz::parse_footer(&tail).map_err(|err| OpenError::NotLazy {
-                digest: digest.clone(),
-                reason: format!("no eStargz footer ({err})"),
-            })?;
-            let range = footer.toc_range(size).map_err(&format_error)?;
-            if range.end - range.start > limits.max_toc_bytes {
-                return Err(OpenError::TocOutOfBounds {
-                    digest,
-                    start: range.start,
-                    end: range.end,
-                    size,
-                });
-            }
-            let region = read(range).await?;
-            let (toc, toc_digest) = estargz::parse_toc(&region, &limits).map_err(&format_error)?;
-            let pinned = descriptor
-                .annotations
-                .get(estargz::TOC_DIGEST_ANNOTATION)
-                .cloned();
-            (
-                LayerFormat::Estargz,
-                Compression::Gzip,
-                toc,
-                footer.toc_offset,
-                toc_digest,
-                pinned.map(|p| (p, estargz::TOC_DIGEST_ANNOTATION)),
-            )
-        };
-
-        match pinned {
-            Some((expected, _)) if expected != toc_digest => {
+        match found.pinned {
+            Some(expected) if expected != found.toc_digest => {
                 return Err(OpenError::TocDigestMismatch {
                     digest,
                     expected,
-                    actual: toc_digest,
+                    actual: found.toc_digest,
                 })
             }
             Some(_) => {}
             None if config.require_toc_digest => {
                 return Err(OpenError::TocDigestMissing {
                     digest,
-                    annotation: match format {
-                        LayerFormat::Estargz => estargz::TOC_DIGEST_ANNOTATION,
-                        LayerFormat::ZstdChunked => zstd_chunked::MANIFEST_CHECKSUM_ANNOTATION,
-                    },
+                    annotation: found.pin_annotation,
                 })
             }
             None => {
@@ -306,13 +350,24 @@ impl LazyLayer {
             }
         }
 
-        let tree = FileTree::build(&toc, compression, toc_end, &limits).map_err(&format_error)?;
-        info!(layer = %digest, ?format, inodes = tree.len(), bytes = tree.total_file_bytes(), "layer opened lazily");
+        let tree = FileTree::build(&found.toc, found.compression, found.toc_end, &limits).map_err(
+            |source| OpenError::Format {
+                digest: digest.clone(),
+                source,
+            },
+        )?;
+        info!(layer = %digest, format = ?found.format, inodes = tree.len(), bytes = tree.total_file_bytes(), "layer opened lazily");
         let stats = Arc::new(LayerStats::default());
-        let fetcher = ChunkFetcher::new(source, store, compression, config.fetch.clone(), stats);
+        let fetcher = ChunkFetcher::new(
+            source,
+            store,
+            found.compression,
+            config.fetch.clone(),
+            stats,
+        );
         Ok(Arc::new(LazyLayer {
             descriptor: descriptor.clone(),
-            format,
+            format: found.format,
             tree,
             fetcher,
             sequential: Mutex::new(HashMap::new()),

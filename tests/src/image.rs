@@ -83,6 +83,41 @@ pub const BUSYBOX_APPLETS: &[&str] = &[
     "gzip",
 ];
 
+/// A layer with every entry type the kit writes — regular, empty and `big_file_len`-byte files, dirs
+/// with special modes and owners, a symlink, a hardlink, a fifo, char and block devices,
+/// setuid/setgid/sticky bits, an xattr — and an upper layer that whites out `/data/gone` and makes
+/// `/data/opaque` opaque.
+pub fn every_entry_type_layers(big_file_len: usize) -> (LayerSpec, LayerSpec) {
+    let lower = LayerSpec::new()
+        .file("/data/hello.txt", "hello\n")
+        .generated_file("/data/big.bin", big_file_len, 42)
+        .empty_file("/data/empty")
+        .dir("/data/private")
+        .mode(0o700)
+        .owner(1000, 1000)
+        .symlink("/data/link", "hello.txt")
+        .hardlink("/data/hard", "/data/hello.txt")
+        .fifo("/data/fifo")
+        .char_device("/data/null", 1, 3)
+        .block_device("/data/loop0", 7, 0)
+        .file("/data/setuid", "#!/bin/sh\n")
+        .mode(0o4755)
+        .file("/data/setgid", "#!/bin/sh\n")
+        .mode(0o2755)
+        .dir("/data/sticky")
+        .mode(0o1777)
+        .file("/data/xattr", "x")
+        .xattr("user.skiff", "value")
+        .file("/data/gone", "to be deleted")
+        .dir("/data/opaque")
+        .file("/data/opaque/old", "old");
+    let upper = LayerSpec::new()
+        .whiteout("/data/gone")
+        .opaque_dir("/data/opaque")
+        .file("/data/opaque/new", "new");
+    (lower, upper)
+}
+
 /// Deterministic pseudo-random bytes (SplitMix64): what `FileContents::Generated` holds, so tests
 /// can compute expected contents or digests.
 pub fn generated_bytes(seed: u64, len: usize) -> Vec<u8> {

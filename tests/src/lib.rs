@@ -31,8 +31,9 @@ pub use containerd::{
 pub use fault_proxy::{Fault, FaultProxy, ProxiedRequest};
 pub use http_client::{http_get, http_request, HttpResponse};
 pub use image::{
-    generated_bytes, sha256_digest, BuiltImage, BuiltLayer, Entry, EntryKind, FileContents,
-    ImageSpec, LayerCompression, LayerSpec, MultiPlatformSpec, OciLayout, Platform,
+    every_entry_type_layers, generated_bytes, sha256_digest, BuiltImage, BuiltLayer, Entry,
+    EntryKind, FileContents, ImageSpec, LayerCompression, LayerSpec, MultiPlatformSpec, OciLayout,
+    Platform,
 };
 pub use mounts::{mounts_under, unmount_all_under};
 pub use prereq::require;

@@ -16,8 +16,8 @@ use skiff_fuse::fetch::{FetchConfig, RegistryBlob};
 use skiff_fuse::lazyfs::{LayerConfig, LayerDescriptor, LazyLayer};
 use skiff_fuse::registry::{Descriptor, Reference, RegistryClient, RegistryConfig};
 use skiff_tests::{
-    convert_image, require, Containerd, Fault, FaultProxy, ImageSpec, LayerSpec, LazyFormat,
-    Registry, RegistryAuth,
+    convert_image, every_entry_type_layers, require, Containerd, Fault, FaultProxy, ImageSpec,
+    LayerSpec, LazyFormat, Registry, RegistryAuth,
 };
 
 const TOOLS: &[&str] = &[
@@ -30,40 +30,10 @@ const TOOLS: &[&str] = &[
     "ctr-remote",
 ];
 
-/// Every entry type in one layer, a multi-MiB file (several chunks), and whiteouts in an upper layer.
+/// Every entry type in one layer with a multi-MiB file (several chunks), whiteouts in an upper layer.
 fn every_entry_type() -> ImageSpec {
-    ImageSpec::new()
-        .layer(
-            LayerSpec::new()
-                .file("/data/hello.txt", "hello\n")
-                .generated_file("/data/big.bin", 5 * 1024 * 1024 + 17, 42)
-                .empty_file("/data/empty")
-                .dir("/data/private")
-                .mode(0o700)
-                .owner(1000, 1000)
-                .symlink("/data/link", "hello.txt")
-                .hardlink("/data/hard", "/data/hello.txt")
-                .fifo("/data/fifo")
-                .char_device("/data/null", 1, 3)
-                .block_device("/data/loop0", 7, 0)
-                .file("/data/setuid", "#!/bin/sh\n")
-                .mode(0o4755)
-                .file("/data/setgid", "#!/bin/sh\n")
-                .mode(0o2755)
-                .dir("/data/sticky")
-                .mode(0o1777)
-                .file("/data/xattr", "x")
-                .xattr("user.skiff", "value")
-                .file("/data/gone", "to be deleted")
-                .dir("/data/opaque")
-                .file("/data/opaque/old", "old"),
-        )
-        .layer(
-            LayerSpec::new()
-                .whiteout("/data/gone")
-                .opaque_dir("/data/opaque")
-                .file("/data/opaque/new", "new"),
-        )
+    let (lower, upper) = every_entry_type_layers(5 * 1024 * 1024 + 17);
+    ImageSpec::new().layer(lower).layer(upper)
 }
 
 /// What one path looks like, from the tar stream or from the mounted filesystem.
@@ -382,6 +352,40 @@ fn no_background() -> LayerConfig {
     }
 }
 
+/// Opens `layer` of `reference` lazily (no background fetching) with `store`.
+async fn open_layer(
+    client: &RegistryClient,
+    reference: &Reference,
+    layer: &Descriptor,
+    store: &ChunkStore,
+) -> Result<Arc<LazyLayer>> {
+    let source = Arc::new(RegistryBlob::new(
+        client.clone(),
+        reference.clone(),
+        layer.digest().clone(),
+        layer.size(),
+    ));
+    LazyLayer::open(
+        source,
+        &layer_descriptor(layer),
+        store.clone(),
+        &no_background(),
+    )
+    .await
+    .with_context(|| format!("open layer {}", layer.digest()))
+}
+
+/// Mounts `lazy` at a new temporary directory.
+fn mount(lazy: &Arc<LazyLayer>) -> Result<(tempfile::TempDir, MountedLayer)> {
+    let mountpoint = tempfile::tempdir()?;
+    let mounted = MountedLayer::mount(
+        lazy.clone(),
+        mountpoint.path(),
+        tokio::runtime::Handle::current(),
+    )?;
+    Ok((mountpoint, mounted))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn estargz_from_ctr_remote_matches_tar_extraction_and_reads_lazily() -> Result<()> {
     mount_matches_tar_extraction(LazyFormat::Estargz).await
@@ -400,25 +404,12 @@ async fn mount_matches_tar_extraction(format: LazyFormat) -> Result<()> {
     for layer in &fixture.layers {
         let (expected, hardlinks) = expected_tree(
             &whole_blob(&fixture.client, &fixture.direct, layer).await?,
-            &layer.media_type().to_string(),
+            layer.media_type().as_ref(),
         )?;
         let digest = layer.digest().to_string();
         fixture.proxy.reset_counts();
 
-        let source = Arc::new(RegistryBlob::new(
-            fixture.client.clone(),
-            fixture.via_proxy.clone(),
-            layer.digest().clone(),
-            layer.size(),
-        ));
-        let lazy = LazyLayer::open(
-            source,
-            &layer_descriptor(layer),
-            store.clone(),
-            &no_background(),
-        )
-        .await
-        .with_context(|| format!("open layer {digest}"))?;
+        let lazy = open_layer(&fixture.client, &fixture.via_proxy, layer, &store).await?;
         let served_as = match format {
             LazyFormat::Estargz => skiff_fuse::lazyfs::LayerFormat::Estargz,
             LazyFormat::ZstdChunked => skiff_fuse::lazyfs::LayerFormat::ZstdChunked,
@@ -435,12 +426,7 @@ async fn mount_matches_tar_extraction(format: LazyFormat) -> Result<()> {
             fixture.proxy.requests_matching(&digest)
         );
 
-        let mountpoint = tempfile::tempdir()?;
-        let mounted = MountedLayer::mount(
-            lazy.clone(),
-            mountpoint.path(),
-            tokio::runtime::Handle::current(),
-        )?;
+        let (mountpoint, mounted) = mount(&lazy)?;
         let root = mountpoint.path().to_path_buf();
 
         // Metadata first: it never touches the network.
@@ -559,25 +545,8 @@ async fn corrupt_and_truncated_bytes_are_eio_and_never_cached() -> Result<()> {
     let store = ChunkStore::open(cache.path(), CacheConfig::default())?;
     let layer = &fixture.layers[0];
     let digest = layer.digest().to_string();
-    let source = Arc::new(RegistryBlob::new(
-        fixture.client.clone(),
-        fixture.via_proxy.clone(),
-        layer.digest().clone(),
-        layer.size(),
-    ));
-    let lazy = LazyLayer::open(
-        source,
-        &layer_descriptor(layer),
-        store.clone(),
-        &no_background(),
-    )
-    .await?;
-    let mountpoint = tempfile::tempdir()?;
-    let mounted = MountedLayer::mount(
-        lazy.clone(),
-        mountpoint.path(),
-        tokio::runtime::Handle::current(),
-    )?;
+    let lazy = open_layer(&fixture.client, &fixture.via_proxy, layer, &store).await?;
+    let (mountpoint, mounted) = mount(&lazy)?;
     let big = mountpoint.path().join("data/big.bin");
     let expected = skiff_tests::generated_bytes(42, 5 * 1024 * 1024 + 17);
 
@@ -673,26 +642,9 @@ async fn identical_chunks_of_different_images_are_fetched_once() -> Result<()> {
         let reference: Reference = format!("{}/lazy-{name}:1", proxy.host()).parse()?;
         let layer = client.resolve(&reference).await?.image_manifest.layers()[0].clone();
         let digest = layer.digest().to_string();
-        let source = Arc::new(RegistryBlob::new(
-            client.clone(),
-            reference,
-            layer.digest().clone(),
-            layer.size(),
-        ));
-        let lazy = LazyLayer::open(
-            source,
-            &layer_descriptor(&layer),
-            store.clone(),
-            &no_background(),
-        )
-        .await?;
+        let lazy = open_layer(&client, &reference, &layer, &store).await?;
         let opened = proxy.bytes_matching(&digest);
-        let mountpoint = tempfile::tempdir()?;
-        let mounted = MountedLayer::mount(
-            lazy.clone(),
-            mountpoint.path(),
-            tokio::runtime::Handle::current(),
-        )?;
+        let (mountpoint, mounted) = mount(&lazy)?;
         let path = mountpoint.path().join("opt/shared.bin");
         let bytes = blocking(move || Ok(std::fs::read(path)?)).await?;
         ensure!(bytes == expected, "{name}: shared.bin differs");
@@ -720,25 +672,8 @@ async fn a_slow_fetch_does_not_stall_other_operations() -> Result<()> {
     let store = ChunkStore::open(cache.path(), CacheConfig::default())?;
     let layer = &fixture.layers[0];
     let digest = layer.digest().to_string();
-    let source = Arc::new(RegistryBlob::new(
-        fixture.client.clone(),
-        fixture.via_proxy.clone(),
-        layer.digest().clone(),
-        layer.size(),
-    ));
-    let lazy = LazyLayer::open(
-        source,
-        &layer_descriptor(layer),
-        store.clone(),
-        &no_background(),
-    )
-    .await?;
-    let mountpoint = tempfile::tempdir()?;
-    let mounted = MountedLayer::mount(
-        lazy.clone(),
-        mountpoint.path(),
-        tokio::runtime::Handle::current(),
-    )?;
+    let lazy = open_layer(&fixture.client, &fixture.via_proxy, layer, &store).await?;
+    let (mountpoint, mounted) = mount(&lazy)?;
     let root = mountpoint.path().to_path_buf();
     let hello = root.join("data/hello.txt");
     blocking(move || Ok(std::fs::read(hello)?)).await?;

@@ -9,9 +9,9 @@ use std::time::Instant;
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use skiff_tests::{
-    convert_estargz, inspect, inspect_raw, mounts_under, processes_mentioning, push_layout,
-    require, Containerd, Fault, FaultProxy, ImageSpec, LayerSpec, MultiPlatformSpec, Platform,
-    Registry, RegistryAuth,
+    convert_estargz, every_entry_type_layers, inspect, inspect_raw, mounts_under,
+    processes_mentioning, push_layout, require, Containerd, Fault, FaultProxy, ImageSpec,
+    LayerSpec, MultiPlatformSpec, Platform, Registry, RegistryAuth,
 };
 
 /// Asserts that nothing of a component whose work dir was `dir` is left.
@@ -32,40 +32,11 @@ fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 
 /// An image with every entry type the kit can write, on top of busybox.
 fn every_file_type_image() -> ImageSpec {
+    let (lower, upper) = every_entry_type_layers(3 * 1024 * 1024 + 17);
     ImageSpec::new()
         .busybox()
-        .layer(
-            LayerSpec::new()
-                .file("/data/hello.txt", "hello\n")
-                .generated_file("/data/big.bin", 3 * 1024 * 1024 + 17, 42)
-                .empty_file("/data/empty")
-                .dir("/data/private")
-                .mode(0o700)
-                .owner(1000, 1000)
-                .symlink("/data/link", "hello.txt")
-                .hardlink("/data/hard", "/data/hello.txt")
-                .fifo("/data/fifo")
-                .char_device("/data/null", 1, 3)
-                .block_device("/data/loop0", 7, 0)
-                .file("/data/setuid", "#!/bin/sh\n")
-                .mode(0o4755)
-                .file("/data/setgid", "#!/bin/sh\n")
-                .mode(0o2755)
-                .dir("/data/sticky")
-                .mode(0o1777)
-                .file("/data/xattr", "x")
-                .xattr("user.skiff", "value")
-                .file("/data/gone", "to be deleted")
-                .dir("/data/opaque")
-                .file("/data/opaque/old", "old"),
-        )
-        .layer(
-            LayerSpec::new()
-                .whiteout("/data/gone")
-                .opaque_dir("/data/opaque")
-                .file("/data/opaque/new", "new")
-                .uncompressed(),
-        )
+        .layer(lower)
+        .layer(upper.uncompressed())
         .cmd(&["/bin/cat", "/data/hello.txt"])
         .env("SKIFF_TEST=1")
 }
