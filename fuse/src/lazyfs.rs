@@ -102,6 +102,8 @@ pub enum FsError {
     IsADirectory,
     #[error("not a symlink")]
     NotASymlink,
+    #[error("not a regular file")]
+    NotAFile,
     #[error("no such attribute")]
     NoAttribute,
     #[error("reading file bytes")]
@@ -117,7 +119,7 @@ impl FsError {
             FsError::NotFound => Errno::ENOENT,
             FsError::NotADirectory => Errno::ENOTDIR,
             FsError::IsADirectory => Errno::EISDIR,
-            FsError::NotASymlink => Errno::EINVAL,
+            FsError::NotASymlink | FsError::NotAFile => Errno::EINVAL,
             FsError::NoAttribute => Errno::ENODATA,
             FsError::Fetch(_) | FsError::Cache(_) => Errno::EIO,
         };
@@ -159,6 +161,8 @@ struct Sequential {
 }
 
 pub struct LazyLayer {
+    /// Where readahead runs, also when it is triggered from a FUSE thread.
+    runtime: tokio::runtime::Handle,
     descriptor: LayerDescriptor,
     format: LayerFormat,
     tree: FileTree,
@@ -366,6 +370,7 @@ impl LazyLayer {
             stats,
         );
         Ok(Arc::new(LazyLayer {
+            runtime: tokio::runtime::Handle::current(),
             descriptor: descriptor.clone(),
             format: found.format,
             tree,
@@ -483,7 +488,7 @@ impl LazyLayer {
         match node.kind {
             NodeKind::File => Ok(node),
             NodeKind::Dir => Err(FsError::IsADirectory),
-            _ => Err(FsError::NotFound),
+            _ => Err(FsError::NotAFile),
         }
     }
 
@@ -529,7 +534,10 @@ impl LazyLayer {
             }
         }
         LayerStats::add(&self.stats().chunk_hits, chunks.len() as u64);
-        self.note_read(node, end);
+        // Cache hits drive readahead too, or a sequential reader would stall at every window's end.
+        if let Some(ahead) = self.readahead(node, start, end) {
+            self.fetch_ahead(ahead);
+        }
         Ok(Some(Self::assemble(chunks, &data, start, end)))
     }
 
@@ -547,21 +555,19 @@ impl LazyLayer {
             .await
             .map_err(FsError::Fetch)?;
         if let Some(ahead) = readahead {
-            let fetcher = Arc::clone(&self.fetcher);
-            tokio::spawn(async move {
-                if let Err(err) = fetcher.get(&ahead, Priority::Prefetch).await {
-                    debug!(error = %err, "readahead failed");
-                }
-            });
+            self.fetch_ahead(ahead);
         }
         Ok(Self::assemble(chunks, &data, start, end))
     }
 
-    fn note_read(&self, node: &Node, end: u64) {
-        let mut sequential = self.sequential.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(state) = sequential.get_mut(&node.ino) {
-            state.next_offset = end;
-        }
+    /// Fetches readahead chunks without anyone waiting for them.
+    fn fetch_ahead(&self, ahead: Vec<ChunkRef>) {
+        let fetcher = Arc::clone(&self.fetcher);
+        self.runtime.spawn(async move {
+            if let Err(err) = fetcher.get(&ahead, Priority::Prefetch).await {
+                debug!(error = %err, "readahead failed");
+            }
+        });
     }
 
     /// Sequential reads grow a readahead window (one chunk, doubling up to the configured maximum);

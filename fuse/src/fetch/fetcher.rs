@@ -13,7 +13,7 @@ use futures::FutureExt;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::{debug, warn};
 
-use super::{BlobSource, CorruptChunk, FetchConfig, FetchError, LayerStats};
+use super::{BlobSource, CorruptChunk, FetchConfig, FetchError, LayerStats, SourceError};
 use crate::cache::{CacheError, ChunkDigest, ChunkStore};
 use crate::format::chunk::{decompress_chunk, Compression};
 use crate::format::tree::ChunkRef;
@@ -241,8 +241,20 @@ impl ChunkFetcher {
             }
             let received = {
                 let _permit = self.request_permit(priority).await?;
+                LayerStats::add(&self.stats.requests, 1);
                 self.source.read_range(span.range.clone()).await
             };
+            let expected_len = span.range.end - span.range.start;
+            let received = received.and_then(|bytes| {
+                if bytes.len() as u64 == expected_len {
+                    Ok(bytes)
+                } else {
+                    Err(SourceError::ShortRead {
+                        expected: expected_len,
+                        got: bytes.len() as u64,
+                    })
+                }
+            });
             let bytes = match received {
                 Ok(bytes) => bytes,
                 Err(source) => {
@@ -257,7 +269,6 @@ impl ChunkFetcher {
                     continue;
                 }
             };
-            LayerStats::add(&self.stats.requests, 1);
             LayerStats::add(&self.stats.bytes_fetched, bytes.len() as u64);
             if priority != Priority::Demand {
                 LayerStats::add(&self.stats.background_bytes, bytes.len() as u64);

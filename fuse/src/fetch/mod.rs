@@ -40,6 +40,8 @@ pub enum SourceError {
     OutOfBounds { start: u64, end: u64, size: u64 },
     #[error("the read was cancelled")]
     Cancelled,
+    #[error("the source answered {got} bytes where {expected} were asked for")]
+    ShortRead { expected: u64, got: u64 },
 }
 
 /// Why chunks could not be served. Cheap to clone: one failed fetch is reported to every reader

@@ -279,6 +279,33 @@ pub fn build_estargz(items: &[Item], chunk_size: usize) -> EstargzBlob {
     }
 }
 
+/// An ordinary `tar+gzip` layer (one gzip stream, no TOC, no footer): what a lazy reader must refuse
+/// as not lazily readable.
+pub fn build_plain_gzip_tar(items: &[Item]) -> Vec<u8> {
+    let mut tar = Vec::new();
+    for item in items {
+        let Item::File(name, mode, data) = item else {
+            let (_, header) = describe(item);
+            tar.extend_from_slice(&header);
+            continue;
+        };
+        tar.extend_from_slice(&tar_header(
+            name,
+            b'0',
+            data.len() as u64,
+            *mode,
+            "",
+            (0, 0),
+        ));
+        tar.extend_from_slice(data);
+        tar.extend(padding(data.len()));
+    }
+    tar.extend_from_slice(&[0u8; 1024]);
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(&tar).unwrap();
+    gzip.finish().unwrap()
+}
+
 /// A zstd:chunked blob as containers/storage lays it out, with its annotations.
 pub struct ZstdChunkedBlob {
     pub bytes: Vec<u8>,
