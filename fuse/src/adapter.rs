@@ -241,6 +241,20 @@ impl Filesystem for LayerFs {
         reply.ok();
     }
 
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.layer.getattr(ino.0) {
+            Ok(attr) if attr.kind == NodeKind::Dir => {
+                // Layers never change: the kernel may keep directory listings too.
+                reply.opened(
+                    FileHandle(0),
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+                )
+            }
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(err) => reply.error(errno(&err)),
+        }
+    }
+
     fn readdir(
         &self,
         _req: &Request,

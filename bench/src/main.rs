@@ -1,0 +1,30 @@
+//! `skiff-bench`: the benchmark binary. One subcommand per benchmark; see the library for what each
+//! measures.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "skiff-bench", version, about = "skiff's benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// FUSE micro-benchmarks: a lazily mounted eStargz layer against overlayfs over the same layer on
+    /// local disk (cold read of one file, warm sequential and random reads, stat of every file).
+    Fuse(skiff_bench::fuse_micro::FuseArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Fuse(args) => skiff_bench::fuse_micro::run(&args, runtime.handle()),
+    }
+}
