@@ -7,6 +7,7 @@
 //! - `fetch`: blob sources and the chunk fetcher (single-flight, merged Range requests, priorities).
 //! - `lazyfs`: `LazyLayer`, the filesystem as plain methods.
 //! - `adapter`: the fuser adapter and `MountedLayer`, the only code that sees fuser.
+//! - `manager`: `LayerManager`, the layers one daemon has mounted (unmounted on removal and shutdown).
 //!
 //! It knows nothing of containerd, snapshots or runc.
 
@@ -15,4 +16,5 @@ pub mod cache;
 pub mod fetch;
 pub mod format;
 pub mod lazyfs;
+pub mod manager;
 pub mod registry;

@@ -711,3 +711,83 @@ async fn a_slow_fetch_does_not_stall_other_operations() -> Result<()> {
     mounted.unmount()?;
     Ok(())
 }
+
+/// The daemon's view: a LayerManager mounts lazy layers by reference, tells plain layers apart, and leaves
+/// nothing mounted after unmount_all or when dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layer_manager_mounts_refuses_plain_layers_and_unmounts_everything() -> Result<()> {
+    use skiff_fuse::manager::LayerManager;
+    let fixture = converted_image(LazyFormat::Estargz).await?;
+    let cache = tempfile::tempdir()?;
+    let store = ChunkStore::open(cache.path(), CacheConfig::default())?;
+    let manager = LayerManager::new(store, no_background(), tokio::runtime::Handle::current());
+    let dirs = tempfile::tempdir()?;
+    let mut mountpoints = Vec::new();
+    for (i, layer) in fixture.layers.iter().enumerate() {
+        let mountpoint = dirs.path().join(format!("layer{i}"));
+        std::fs::create_dir(&mountpoint)?;
+        manager
+            .mount(
+                fixture.client.clone(),
+                fixture.direct.clone(),
+                layer_descriptor(layer),
+                &mountpoint,
+            )
+            .await?;
+        mountpoints.push(mountpoint);
+    }
+    let again = manager
+        .mount(
+            fixture.client.clone(),
+            fixture.direct.clone(),
+            layer_descriptor(&fixture.layers[0]),
+            &mountpoints[0],
+        )
+        .await;
+    ensure!(
+        again.is_err(),
+        "a second mount on the same directory was accepted"
+    );
+    ensure!(manager.list().len() == 2);
+    let hello = mountpoints[0].join("data/hello.txt");
+    ensure!(blocking(move || Ok(std::fs::read(hello)?)).await? == b"hello\n");
+
+    // The original (plain gzip) image's layer is not lazy.
+    let plain: Reference = format!("{}/src:1", fixture.registry.host()).parse()?;
+    let plain_layer = fixture
+        .client
+        .resolve(&plain)
+        .await?
+        .image_manifest
+        .layers()[0]
+        .clone();
+    let plain_dir = dirs.path().join("plain");
+    std::fs::create_dir(&plain_dir)?;
+    let refused = manager
+        .mount(
+            fixture.client.clone(),
+            plain,
+            layer_descriptor(&plain_layer),
+            &plain_dir,
+        )
+        .await;
+    match refused {
+        Err(err) if err.is_not_lazy() => {}
+        Err(err) => bail!("a plain gzip layer failed otherwise: {err:?}"),
+        Ok(_) => bail!("a plain gzip layer was mounted lazily"),
+    }
+
+    manager.unmount(&mountpoints[1])?;
+    ensure!(manager.list().len() == 1);
+    manager.unmount_all();
+    ensure!(manager.list().is_empty());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    for mountpoint in &mountpoints {
+        ensure!(
+            !mountinfo.contains(&mountpoint.display().to_string()),
+            "{} still mounted",
+            mountpoint.display()
+        );
+    }
+    Ok(())
+}

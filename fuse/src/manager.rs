@@ -1,0 +1,153 @@
+//! `LayerManager`: the lazy layers one daemon has mounted. It owns the shared chunk store and settings,
+//! mounts a layer of an image at a directory on request, and unmounts one or all of them (on snapshot
+//! removal and at shutdown), so no mount outlives the daemon that made it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::runtime::Handle;
+use tracing::{info, warn};
+
+use crate::adapter::{MountError, MountedLayer};
+use crate::cache::ChunkStore;
+use crate::fetch::{RegistryBlob, StatsSnapshot};
+use crate::lazyfs::{LayerConfig, LayerDescriptor, LazyLayer, OpenError};
+use crate::registry::{Digest, Reference, RegistryClient};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error("layer digest {digest:?} is not a sha256 digest")]
+    InvalidDigest { digest: String },
+    #[error("{} already has a lazy layer mounted", mountpoint.display())]
+    AlreadyMounted { mountpoint: PathBuf },
+    #[error("no lazy layer is mounted at {}", mountpoint.display())]
+    NotMounted { mountpoint: PathBuf },
+}
+
+impl ManagerError {
+    /// The layer has no lazy format: the caller unpacks it the ordinary way.
+    pub fn is_not_lazy(&self) -> bool {
+        matches!(self, ManagerError::Open(OpenError::NotLazy { .. }))
+    }
+}
+
+/// One mounted layer, as reported to operators.
+#[derive(Debug, Clone)]
+pub struct MountedInfo {
+    pub mountpoint: PathBuf,
+    pub layer_digest: String,
+    pub stats: StatsSnapshot,
+    pub total_file_bytes: u64,
+}
+
+pub struct LayerManager {
+    store: ChunkStore,
+    config: LayerConfig,
+    runtime: Handle,
+    mounts: Mutex<BTreeMap<PathBuf, MountedLayer>>,
+}
+
+impl LayerManager {
+    pub fn new(store: ChunkStore, config: LayerConfig, runtime: Handle) -> Self {
+        LayerManager {
+            store,
+            config,
+            runtime,
+            mounts: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn mounts(&self) -> MutexGuard<'_, BTreeMap<PathBuf, MountedLayer>> {
+        self.mounts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn store(&self) -> &ChunkStore {
+        &self.store
+    }
+
+    /// Opens `layer` of the image `reference` from its TOC and mounts it read-only at `mountpoint`.
+    /// A layer without a lazy format fails with an error for which `is_not_lazy()` holds.
+    pub async fn mount(
+        &self,
+        client: RegistryClient,
+        reference: Reference,
+        layer: LayerDescriptor,
+        mountpoint: &Path,
+    ) -> Result<Arc<LazyLayer>, ManagerError> {
+        if self.mounts().contains_key(mountpoint) {
+            return Err(ManagerError::AlreadyMounted {
+                mountpoint: mountpoint.to_path_buf(),
+            });
+        }
+        let digest: Digest = layer
+            .digest
+            .parse()
+            .map_err(|_| ManagerError::InvalidDigest {
+                digest: layer.digest.clone(),
+            })?;
+        let source = Arc::new(RegistryBlob::new(client, reference, digest, layer.size));
+        let lazy = LazyLayer::open(source, &layer, self.store.clone(), &self.config).await?;
+        let mounted = MountedLayer::mount(Arc::clone(&lazy), mountpoint, self.runtime.clone())?;
+        let mut mounts = self.mounts();
+        if mounts.contains_key(mountpoint) {
+            // Someone mounted here while we opened the layer; ours goes away again.
+            drop(mounts);
+            mounted.unmount()?;
+            return Err(ManagerError::AlreadyMounted {
+                mountpoint: mountpoint.to_path_buf(),
+            });
+        }
+        mounts.insert(mountpoint.to_path_buf(), mounted);
+        info!(layer = %layer.digest, mountpoint = %mountpoint.display(), "lazy layer mounted");
+        Ok(lazy)
+    }
+
+    /// Unmounts the layer at `mountpoint`.
+    pub fn unmount(&self, mountpoint: &Path) -> Result<(), ManagerError> {
+        let mounted = self
+            .mounts()
+            .remove(mountpoint)
+            .ok_or_else(|| ManagerError::NotMounted {
+                mountpoint: mountpoint.to_path_buf(),
+            })?;
+        mounted.unmount()?;
+        Ok(())
+    }
+
+    /// Unmounts every layer (shutdown). Failures are logged; every mount is attempted.
+    pub fn unmount_all(&self) {
+        let mounts = std::mem::take(&mut *self.mounts());
+        for (mountpoint, mounted) in mounts {
+            if let Err(err) = mounted.unmount() {
+                warn!(mountpoint = %mountpoint.display(), error = ?err, "unmount failed");
+            }
+        }
+    }
+
+    pub fn is_mounted(&self, mountpoint: &Path) -> bool {
+        self.mounts().contains_key(mountpoint)
+    }
+
+    pub fn list(&self) -> Vec<MountedInfo> {
+        self.mounts()
+            .iter()
+            .map(|(mountpoint, mounted)| MountedInfo {
+                mountpoint: mountpoint.clone(),
+                layer_digest: mounted.layer().descriptor().digest.clone(),
+                stats: mounted.layer().stats().snapshot(),
+                total_file_bytes: mounted.layer().tree().total_file_bytes(),
+            })
+            .collect()
+    }
+}
+
+impl Drop for LayerManager {
+    fn drop(&mut self) {
+        self.unmount_all();
+    }
+}
