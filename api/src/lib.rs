@@ -1,10 +1,33 @@
-//! skiff's gRPC protocol (`skiff.v1`) and what skiffd and the `skiff` CLI both need to speak it over a
-//! unix socket. This crate is deliberately small: the CLI links it and nothing of the daemon (no RocksDB, no
+//! skiff's gRPC protocol (`skiff.v1`), containerd's snapshots.v1 protocol (`containerd`), and what skiffd
+//! and the `skiff` CLI both need to speak them over a unix socket. This crate is deliberately small: the CLI links it and nothing of the daemon (no RocksDB, no
 //! FUSE, no registry client).
 
 pub mod v1 {
     //! Generated messages, clients and servers of `proto/skiff/v1/skiff.proto`.
     tonic::include_proto!("skiff.v1");
+}
+
+pub mod containerd {
+    //! containerd's own protocol, generated from `proto/containerd/**`: the same packages, messages and
+    //! field numbers as containerd 1.6, so containerd talks to skiffd as to any proxy snapshotter.
+
+    pub mod types {
+        //! `containerd.types`: `Mount`.
+        tonic::include_proto!("containerd.types");
+    }
+
+    pub mod services {
+        //! `containerd.services.*`.
+        pub mod snapshots {
+            //! `containerd.services.snapshots.*`.
+            pub mod v1 {
+                //! `containerd.services.snapshots.v1`: the `Snapshots` service (containerd's snapshots API).
+                tonic::include_proto!("containerd.services.snapshots.v1");
+            }
+        }
+    }
+
+    pub use services::snapshots;
 }
 
 use std::path::{Path, PathBuf};

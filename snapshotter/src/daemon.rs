@@ -17,6 +17,8 @@ use crate::content::{ContentError, ContentStore};
 use crate::images::Images;
 use crate::meta::{MetaError, MetaStore};
 use crate::service::Services;
+use crate::snapshots::service::SnapshotsService;
+use crate::snapshots::{SnapshotError, Snapshotter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -32,6 +34,8 @@ pub enum DaemonError {
     Content(#[from] ContentError),
     #[error("metadata store: {0}")]
     Meta(#[from] MetaError),
+    #[error("snapshots: {0}")]
+    Snapshots(#[from] SnapshotError),
     #[error("grpc server: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -105,6 +109,8 @@ fn bind(address: &Path) -> Result<UnixListener, DaemonError> {
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let _lock = RootLock::acquire(&config)?;
     let services = open_services(&config)?;
+    // Before the socket opens: directories a crash left without a record are deleted here.
+    let snapshotter = Snapshotter::open(&config.root.join("snapshots"), services.meta.clone())?;
     let listener = bind(&config.address)?;
     let mut terminate = signal(SignalKind::terminate())
         .map_err(io_error("install SIGTERM handler", &config.address))?;
@@ -124,6 +130,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         ))
         .add_service(v1::images_server::ImagesServer::new(services.clone()))
         .add_service(v1::content_server::ContentServer::new(services))
+        .add_service(SnapshotsService::new(snapshotter).into_server())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     let _ = std::fs::remove_file(&config.address);

@@ -9,3 +9,4 @@ pub mod daemon;
 pub mod images;
 pub mod meta;
 pub mod service;
+pub mod snapshots;

@@ -53,7 +53,8 @@ impl From<MetaError> for Status {
             MetaError::NamespaceNotEmpty { .. } => Status::failed_precondition(message),
             MetaError::InvalidNamespace { .. }
             | MetaError::InvalidImageName { .. }
-            | MetaError::InvalidDigest { .. } => Status::invalid_argument(message),
+            | MetaError::InvalidDigest { .. }
+            | MetaError::InvalidSnapshotKey { .. } => Status::invalid_argument(message),
             _ => Status::internal(message),
         }
     }

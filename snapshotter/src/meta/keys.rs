@@ -12,6 +12,16 @@
 //!
 //! Everything a namespace owns lives under `v1\0nsdata\0{namespace}\0`, so "is this namespace empty" is one
 //! prefix probe, and the `{kind}` component names what was found. `v1` versions the whole layout.
+//!
+//! Snapshots of the snapshots.v1 API are not namespaced by the request (containerd's metadata layer puts the
+//! namespace into the key itself), so they have their own top-level keyspace. Snapshot keys are any non-empty
+//! string without NUL (they may contain `/` and be absolute paths):
+//!
+//! ```text
+//! v1\0snap\0rec\0{key}                 -> SnapshotRecord
+//! v1\0snap\0child\0{parent}\0{child}    -> empty (parent -> children index)
+//! v1\0snap\0nextid                     -> the next snapshot id, decimal
+//! ```
 
 use super::MetaError;
 
@@ -26,6 +36,13 @@ const SEP: u8 = 0;
 pub(crate) const IMAGES: &str = "images";
 /// The `{kind}` component of content references.
 pub(crate) const CONTENT: &str = "content";
+
+/// Prefix of every snapshot record.
+pub(crate) const SNAPSHOTS: &[u8] = b"v1\0snap\0rec\0";
+/// Prefix of the parent -> children index.
+const SNAPSHOT_CHILDREN: &[u8] = b"v1\0snap\0child\0";
+/// The snapshot id counter.
+pub(crate) const SNAPSHOT_NEXT_ID: &[u8] = b"v1\0snap\0nextid";
 
 /// Longest namespace name containerd accepts.
 pub const MAX_NAMESPACE_LEN: usize = 76;
@@ -67,6 +84,43 @@ pub(crate) fn kind_of(namespace: &str, key: &[u8]) -> String {
         .unwrap_or(key);
     let kind = rest.split(|b| *b == SEP).next().unwrap_or_default();
     String::from_utf8_lossy(kind).into_owned()
+}
+
+/// `v1\0snap\0rec\0{key}`
+pub(crate) fn snapshot(key: &str) -> Vec<u8> {
+    let mut out = SNAPSHOTS.to_vec();
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// `v1\0snap\0child\0{parent}\0`: every child of `parent`.
+pub(crate) fn snapshot_children(parent: &str) -> Vec<u8> {
+    let mut out = SNAPSHOT_CHILDREN.to_vec();
+    out.extend_from_slice(parent.as_bytes());
+    out.push(SEP);
+    out
+}
+
+/// `v1\0snap\0child\0{parent}\0{child}`
+pub(crate) fn snapshot_child(parent: &str, child: &str) -> Vec<u8> {
+    let mut out = snapshot_children(parent);
+    out.extend_from_slice(child.as_bytes());
+    out
+}
+
+/// Snapshot keys: non-empty, no NUL (the key separator).
+pub fn validate_snapshot_key(key: &str) -> Result<(), MetaError> {
+    let invalid = |reason| MetaError::InvalidSnapshotKey {
+        key: key.to_owned(),
+        reason,
+    };
+    if key.is_empty() {
+        return Err(invalid("must not be empty"));
+    }
+    if key.contains('\0') {
+        return Err(invalid("must not contain NUL"));
+    }
+    Ok(())
 }
 
 /// containerd's rule: `^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$`, at most 76 characters.
@@ -127,6 +181,26 @@ pub fn validate_digest(digest: &str) -> Result<(), MetaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_keys_are_separate_and_unambiguous() {
+        assert_eq!(snapshot("/tmp/a/b"), b"v1\0snap\0rec\0/tmp/a/b".to_vec());
+        assert_eq!(
+            snapshot_child("p", "c/d"),
+            b"v1\0snap\0child\0p\0c/d".to_vec()
+        );
+        // Children of `a` never include children of `a/b` or `ab`.
+        assert!(!snapshot_child("ab", "x").starts_with(&snapshot_children("a")));
+        assert!(!snapshot_child("a/b", "x").starts_with(&snapshot_children("a")));
+        assert!(snapshot_child("a", "x").starts_with(&snapshot_children("a")));
+        // Nothing in the snapshot keyspace is under a namespace prefix, nor the reverse.
+        assert!(!snapshot("x").starts_with(NAMESPACES));
+        assert!(!snapshot("x").starts_with(NAMESPACE_DATA));
+        assert!(!SNAPSHOT_NEXT_ID.starts_with(SNAPSHOTS));
+        assert!(validate_snapshot_key("/abs/path with space").is_ok());
+        assert!(validate_snapshot_key("").is_err());
+        assert!(validate_snapshot_key("a\0b").is_err());
+    }
 
     #[test]
     fn namespace_names_follow_containerd() {

@@ -20,9 +20,15 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use keys::{validate_digest, validate_image_name, validate_namespace, MAX_NAMESPACE_LEN};
+pub use keys::{
+    validate_digest, validate_image_name, validate_namespace, validate_snapshot_key,
+    MAX_NAMESPACE_LEN,
+};
 pub use kv::{BatchOp, KvPair, KvStore, MemKv, RocksKv, WriteBatch};
-pub use records::{ContentRefRecord, DescriptorRecord, ImageRecord, Labels, NamespaceRecord};
+pub use records::{
+    ContentRefRecord, DescriptorRecord, ImageRecord, Labels, NamespaceRecord, SnapshotKind,
+    SnapshotRecord, UsageRecord,
+};
 
 /// The kinds of record the store keeps, for error messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +36,7 @@ pub enum RecordKind {
     Namespace,
     Image,
     ContentRef,
+    Snapshot,
 }
 
 impl std::fmt::Display for RecordKind {
@@ -38,6 +45,7 @@ impl std::fmt::Display for RecordKind {
             RecordKind::Namespace => "namespace",
             RecordKind::Image => "image",
             RecordKind::ContentRef => "content reference",
+            RecordKind::Snapshot => "snapshot",
         })
     }
 }
@@ -49,6 +57,8 @@ pub enum MetaError {
     InvalidNamespace { name: String, reason: &'static str },
     #[error("invalid image name {name:?}: {reason}")]
     InvalidImageName { name: String, reason: &'static str },
+    #[error("invalid snapshot key {key:?}: {reason}")]
+    InvalidSnapshotKey { key: String, reason: &'static str },
     #[error("invalid digest {digest:?}: {reason}")]
     InvalidDigest { digest: String, reason: String },
     #[error("namespace {namespace} already exists")]
@@ -464,6 +474,76 @@ impl MetaStore {
             }
         }
         Ok(false)
+    }
+}
+
+// ---- snapshots (their own keyspace; the rules live in `crate::snapshots`) ----
+
+impl MetaStore {
+    /// The snapshot stored under `key`, or `None`.
+    pub fn get_snapshot(&self, key: &str) -> Result<Option<SnapshotRecord>, MetaError> {
+        validate_snapshot_key(key)?;
+        self.read(RecordKind::Snapshot, &keys::snapshot(key))
+    }
+
+    /// Every snapshot, sorted by key.
+    pub fn list_snapshots(&self) -> Result<Vec<SnapshotRecord>, MetaError> {
+        self.read_all(RecordKind::Snapshot, keys::SNAPSHOTS)
+    }
+
+    /// One child of `parent` (a snapshot naming it as parent), or `None` when it has none.
+    pub fn first_snapshot_child(&self, parent: &str) -> Result<Option<String>, MetaError> {
+        validate_snapshot_key(parent)?;
+        let prefix = keys::snapshot_children(parent);
+        Ok(self
+            .kv
+            .first_with_prefix(&prefix)?
+            .map(|(key, _)| String::from_utf8_lossy(&key[prefix.len()..]).into_owned()))
+    }
+
+    /// The id the next snapshot gets; stage [`stage_snapshot_next_id`](Self::stage_snapshot_next_id) in the
+    /// same batch that writes it, so a crash before the write reuses the id.
+    pub fn next_snapshot_id(&self) -> Result<u64, MetaError> {
+        Ok(self
+            .read::<u64>(RecordKind::Snapshot, keys::SNAPSHOT_NEXT_ID)?
+            .unwrap_or(1))
+    }
+
+    /// Adds the counter's new value (`used + 1`) to `batch`.
+    pub fn stage_snapshot_next_id(&self, batch: &mut WriteBatch, used: u64) {
+        batch.put(keys::SNAPSHOT_NEXT_ID, (used + 1).to_string().into_bytes());
+        // A decimal number is also its JSON encoding, which `next_snapshot_id` decodes.
+    }
+
+    /// Adds a put of `record` (and its parent link) to `batch`.
+    pub fn stage_put_snapshot(
+        &self,
+        batch: &mut WriteBatch,
+        record: &SnapshotRecord,
+    ) -> Result<(), MetaError> {
+        validate_snapshot_key(&record.key)?;
+        batch.put(
+            keys::snapshot(&record.key),
+            encode(RecordKind::Snapshot, record)?,
+        );
+        if let Some(parent) = &record.parent {
+            validate_snapshot_key(parent)?;
+            batch.put(keys::snapshot_child(parent, &record.key), Vec::new());
+        }
+        Ok(())
+    }
+
+    /// Adds the deletion of `record` (and its parent link) to `batch`.
+    pub fn stage_delete_snapshot(&self, batch: &mut WriteBatch, record: &SnapshotRecord) {
+        batch.delete(keys::snapshot(&record.key));
+        if let Some(parent) = &record.parent {
+            batch.delete(keys::snapshot_child(parent, &record.key));
+        }
+    }
+
+    /// Writes a batch staged with the `stage_*` methods atomically.
+    pub fn write_batch(&self, batch: WriteBatch) -> Result<(), MetaError> {
+        self.kv.write(batch)
     }
 }
 

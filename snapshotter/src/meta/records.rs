@@ -64,6 +64,39 @@ pub struct ContentRefRecord {
     pub created_at: SystemTime,
 }
 
+/// What a snapshot is: read-only view, writable active snapshot, or committed (immutable, a parent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    View,
+    Active,
+    Committed,
+}
+
+/// Disk usage of a snapshot's own directory: bytes allocated and inodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    pub size: u64,
+    pub inodes: u64,
+}
+
+/// A snapshot (snapshots.v1): its key, its directory id (`snapshots/{id}`), kind, parent key and labels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub key: String,
+    pub id: u64,
+    pub kind: SnapshotKind,
+    #[serde(default)]
+    pub parent: Option<String>,
+    #[serde(default)]
+    pub labels: Labels,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+    /// Stored at commit; active snapshots and views are measured when asked.
+    #[serde(default)]
+    pub usage: Option<UsageRecord>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
