@@ -432,14 +432,25 @@ impl MountedLayer {
 
     fn stop(&mut self) -> Result<(), MountError> {
         self.background.abort();
-        match self.session.take() {
-            Some(session) => session
-                .umount_and_join()
-                .map_err(|source| MountError::Unmount {
-                    mountpoint: self.mountpoint.clone(),
-                    source,
-                }),
-            None => Ok(()),
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        let Err(busy) = session.umount_and_join() else {
+            return Ok(());
+        };
+        // Typically EBUSY: a file is still open. Detach now so the mount leaves the namespace; the kernel
+        // ends the connection when the last user closes, and the session thread then exits.
+        match nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) => {
+                warn!(mountpoint = %self.mountpoint.display(), error = %busy, "unmount busy; detached lazily");
+                Ok(())
+            }
+            // No longer a mount point: nothing left to do.
+            Err(nix::errno::Errno::EINVAL) => Ok(()),
+            Err(errno) => Err(MountError::Unmount {
+                mountpoint: self.mountpoint.clone(),
+                source: errno.into(),
+            }),
         }
     }
 }

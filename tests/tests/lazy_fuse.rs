@@ -779,6 +779,8 @@ async fn layer_manager_mounts_refuses_plain_layers_and_unmounts_everything() -> 
 
     manager.unmount(&mountpoints[1])?;
     ensure!(manager.list().len() == 1);
+    // A file still open does not keep the mount alive past unmount (it is detached).
+    let held = std::fs::File::open(mountpoints[0].join("data/hello.txt"))?;
     manager.unmount_all();
     ensure!(manager.list().is_empty());
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
@@ -789,5 +791,6 @@ async fn layer_manager_mounts_refuses_plain_layers_and_unmounts_everything() -> 
             mountpoint.display()
         );
     }
+    drop(held);
     Ok(())
 }
