@@ -28,6 +28,22 @@ pub struct LayerDescriptor {
     pub annotations: BTreeMap<String, String>,
 }
 
+impl From<&crate::registry::Descriptor> for LayerDescriptor {
+    fn from(layer: &crate::registry::Descriptor) -> Self {
+        LayerDescriptor {
+            digest: layer.digest().to_string(),
+            size: layer.size(),
+            media_type: layer.media_type().to_string(),
+            annotations: layer
+                .annotations()
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+}
+
 /// How lazy layers are opened and fetched; a section of skiffd's config.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -250,20 +250,6 @@ fn mounted_tree(root: &Path) -> Result<BTreeMap<PathBuf, (Expected, u64)>> {
     Ok(tree)
 }
 
-fn layer_descriptor(layer: &Descriptor) -> LayerDescriptor {
-    LayerDescriptor {
-        digest: layer.digest().to_string(),
-        size: layer.size(),
-        media_type: layer.media_type().to_string(),
-        annotations: layer
-            .annotations()
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    }
-}
-
 fn client() -> Result<RegistryClient> {
     Ok(RegistryClient::new(RegistryConfig {
         plain_http: true,
@@ -367,7 +353,7 @@ async fn open_layer(
     ));
     LazyLayer::open(
         source,
-        &layer_descriptor(layer),
+        &LayerDescriptor::from(layer),
         store.clone(),
         &no_background(),
     )
@@ -730,7 +716,7 @@ async fn layer_manager_mounts_refuses_plain_layers_and_unmounts_everything() -> 
             .mount(
                 fixture.client.clone(),
                 fixture.direct.clone(),
-                layer_descriptor(layer),
+                LayerDescriptor::from(layer),
                 &mountpoint,
             )
             .await?;
@@ -740,7 +726,7 @@ async fn layer_manager_mounts_refuses_plain_layers_and_unmounts_everything() -> 
         .mount(
             fixture.client.clone(),
             fixture.direct.clone(),
-            layer_descriptor(&fixture.layers[0]),
+            LayerDescriptor::from(&fixture.layers[0]),
             &mountpoints[0],
         )
         .await;
@@ -767,7 +753,7 @@ async fn layer_manager_mounts_refuses_plain_layers_and_unmounts_everything() -> 
         .mount(
             fixture.client.clone(),
             plain,
-            layer_descriptor(&plain_layer),
+            LayerDescriptor::from(&plain_layer),
             &plain_dir,
         )
         .await;

@@ -37,7 +37,7 @@ use skiff_fuse::cache::{CacheConfig, ChunkStore};
 use skiff_fuse::fetch::{FetchConfig, RegistryBlob};
 use skiff_fuse::format::{FileTree, Node, ROOT_INO};
 use skiff_fuse::lazyfs::{LayerConfig, LayerDescriptor, LazyLayer};
-use skiff_fuse::registry::{Descriptor, Reference, RegistryClient, RegistryConfig};
+use skiff_fuse::registry::{Reference, RegistryClient, RegistryConfig};
 use skiff_tests::{
     convert_estargz, generated_bytes, require, Containerd, FaultProxy, ImageSpec, LayerSpec,
     Registry, RegistryAuth,
@@ -135,20 +135,6 @@ fn on_demand_only() -> LayerConfig {
             ..FetchConfig::default()
         },
         ..LayerConfig::default()
-    }
-}
-
-fn layer_descriptor(layer: &Descriptor) -> LayerDescriptor {
-    LayerDescriptor {
-        digest: layer.digest().to_string(),
-        size: layer.size(),
-        media_type: layer.media_type().to_string(),
-        annotations: layer
-            .annotations()
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
     }
 }
 
@@ -336,7 +322,7 @@ fn bench(
         layers.len()
     );
     let layer = layers[0].clone();
-    let descriptor = layer_descriptor(&layer);
+    let descriptor = LayerDescriptor::from(&layer);
     let digest = descriptor.digest.clone();
     let open_layer = |store: ChunkStore| -> Result<Arc<LazyLayer>> {
         let source = Arc::new(RegistryBlob::new(
