@@ -17,6 +17,10 @@ pub struct Config {
     /// Unix socket the gRPC API is served on (mode 0600).
     pub address: PathBuf,
     pub registry: RegistrySection,
+    /// The chunk cache of lazily read layers (`ROOT/chunks`).
+    pub cache: CacheSection,
+    /// How lazy layers are opened and fetched.
+    pub lazy: LazySection,
     pub log: LogSection,
 }
 
@@ -26,6 +30,8 @@ impl Default for Config {
             root: PathBuf::from(DEFAULT_ROOT),
             address: PathBuf::from(skiff_api::DEFAULT_ADDRESS),
             registry: RegistrySection::default(),
+            cache: CacheSection::default(),
+            lazy: LazySection::default(),
             log: LogSection::default(),
         }
     }
@@ -83,6 +89,92 @@ impl RegistrySection {
     }
 }
 
+/// The verified chunk cache shared by every lazy layer.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSection {
+    /// Bytes of chunks kept in memory (an LRU).
+    pub memory_bytes: u64,
+    /// Cap on the bytes of chunks kept on disk; 0 means unbounded.
+    pub disk_bytes: u64,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection {
+            memory_bytes: 256 << 20,
+            disk_bytes: 10 << 30,
+        }
+    }
+}
+
+impl CacheSection {
+    pub fn cache_config(&self) -> skiff_fuse::cache::CacheConfig {
+        skiff_fuse::cache::CacheConfig {
+            memory_bytes: self.memory_bytes,
+            disk_bytes: (self.disk_bytes != 0).then_some(self.disk_bytes),
+        }
+    }
+}
+
+/// Lazy layers: their TOC checks and how their bytes are fetched from the registry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LazySection {
+    /// Refuse (unpack instead) an eStargz layer whose manifest does not pin its TOC digest.
+    pub require_toc_digest: bool,
+    /// Largest single Range request when merging neighbouring chunks.
+    pub max_request_bytes: u64,
+    /// Unneeded bytes between two needed chunks still fetched in the same request.
+    pub max_gap_bytes: u64,
+    /// Range requests in flight at once for readers.
+    pub parallel_requests: usize,
+    /// Attempts per span when the registry fails or sends bytes that do not verify.
+    pub attempts: u32,
+    /// Largest readahead after sequential reads.
+    pub max_readahead_bytes: u64,
+    /// Fetch the prioritized files (before `.prefetch.landmark`) at mount.
+    pub prefetch: bool,
+    /// Range requests in flight for fetching the rest of each layer in the background; 0 turns
+    /// background fetching off.
+    pub background_parallel_requests: usize,
+}
+
+impl Default for LazySection {
+    fn default() -> Self {
+        LazySection {
+            require_toc_digest: true,
+            max_request_bytes: 4 << 20,
+            max_gap_bytes: 256 << 10,
+            parallel_requests: 8,
+            attempts: 3,
+            max_readahead_bytes: 8 << 20,
+            prefetch: true,
+            background_parallel_requests: 2,
+        }
+    }
+}
+
+impl LazySection {
+    pub fn layer_config(&self) -> skiff_fuse::lazyfs::LayerConfig {
+        use skiff_fuse::fetch::{BackgroundConfig, FetchConfig};
+        skiff_fuse::lazyfs::LayerConfig {
+            require_toc_digest: self.require_toc_digest,
+            fetch: FetchConfig {
+                max_request_bytes: self.max_request_bytes,
+                max_gap_bytes: self.max_gap_bytes,
+                parallel_requests: self.parallel_requests,
+                attempts: self.attempts,
+                max_readahead_bytes: self.max_readahead_bytes,
+                prefetch: self.prefetch,
+                background: (self.background_parallel_requests != 0).then_some(BackgroundConfig {
+                    parallel_requests: self.background_parallel_requests,
+                }),
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSection {
@@ -136,6 +228,15 @@ impl Config {
         self.root.join("metadata")
     }
 
+    /// The chunk cache of lazy layers.
+    pub fn chunks_dir(&self) -> PathBuf {
+        self.root.join("chunks")
+    }
+
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("skiffd.lock")
     }
@@ -158,6 +259,42 @@ mod tests {
         assert_eq!(config.registry.max_manifest_bytes, 4 * 1024 * 1024);
         assert_eq!(config.registry.max_concurrent_downloads, 3);
         assert_eq!(config.log.level, "info");
+        assert_eq!(config.cache.memory_bytes, 256 * 1024 * 1024);
+        assert_eq!(config.cache.disk_bytes, 10 * 1024 * 1024 * 1024);
+        assert!(config.lazy.require_toc_digest);
+        assert_eq!(config.lazy.max_request_bytes, 4 * 1024 * 1024);
+        assert_eq!(config.lazy.max_gap_bytes, 256 * 1024);
+        assert_eq!(config.lazy.parallel_requests, 8);
+        assert_eq!(config.lazy.attempts, 3);
+        assert_eq!(config.lazy.max_readahead_bytes, 8 * 1024 * 1024);
+        assert!(config.lazy.prefetch);
+        assert_eq!(config.lazy.background_parallel_requests, 2);
+        assert_eq!(config.chunks_dir(), PathBuf::from("/var/lib/skiff/chunks"));
+    }
+
+    #[test]
+    fn lazy_defaults_match_the_fuse_crate() {
+        let config = Config::default();
+        let layer = config.lazy.layer_config();
+        let fuse = skiff_fuse::lazyfs::LayerConfig::default();
+        assert_eq!(layer.require_toc_digest, fuse.require_toc_digest);
+        assert_eq!(layer.fetch, fuse.fetch);
+        let cache = config.cache.cache_config();
+        let fuse = skiff_fuse::cache::CacheConfig::default();
+        assert_eq!(
+            (cache.memory_bytes, cache.disk_bytes),
+            (fuse.memory_bytes, fuse.disk_bytes)
+        );
+        let unbounded = CacheSection {
+            disk_bytes: 0,
+            ..CacheSection::default()
+        };
+        assert_eq!(unbounded.cache_config().disk_bytes, None);
+        let no_background = LazySection {
+            background_parallel_requests: 0,
+            ..LazySection::default()
+        };
+        assert!(no_background.layer_config().fetch.background.is_none());
     }
 
     #[test]

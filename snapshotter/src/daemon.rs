@@ -1,9 +1,11 @@
-//! The skiffd daemon: takes the root lock, opens the stores, serves the gRPC services on a 0600 unix
-//! socket and shuts down cleanly on SIGTERM/SIGINT (stop accepting, drain, remove the socket).
+//! The skiffd daemon: takes the root lock, opens the stores, mounts the remote (lazy) snapshots again,
+//! serves the gRPC services on a 0600 unix socket and shuts down cleanly on SIGTERM/SIGINT (stop
+//! accepting, drain, unmount the lazy layers, remove the socket).
 
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::fcntl::{Flock, FlockArg};
 use skiff_api::v1;
@@ -15,6 +17,7 @@ use tracing::info;
 use crate::config::Config;
 use crate::content::{ContentError, ContentStore};
 use crate::images::Images;
+use crate::lazy_layers::{FuseRemoteLayers, LazyLayersError};
 use crate::meta::{MetaError, MetaStore};
 use crate::service::Services;
 use crate::snapshots::service::SnapshotsService;
@@ -36,6 +39,10 @@ pub enum DaemonError {
     Meta(#[from] MetaError),
     #[error("snapshots: {0}")]
     Snapshots(#[from] SnapshotError),
+    #[error("lazy layers: {}", skiff_api::error_chain(.0))]
+    LazyLayers(#[from] LazyLayersError),
+    #[error("startup task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("grpc server: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -109,9 +116,25 @@ fn bind(address: &Path) -> Result<UnixListener, DaemonError> {
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let _lock = RootLock::acquire(&config)?;
     let services = open_services(&config)?;
-    // Before the socket opens: directories a crash left without a record are deleted here.
-    let snapshotter = Snapshotter::open(&config.root.join("snapshots"), services.meta.clone())?;
-    let listener = bind(&config.address)?;
+    let lazy = Arc::new(FuseRemoteLayers::open(
+        &config,
+        tokio::runtime::Handle::current(),
+    )?);
+    // Before the socket opens: directories a crash left without a record are deleted here, and every
+    // remote snapshot is mounted again.
+    let snapshotter = Snapshotter::open(&config.snapshots_dir(), services.meta.clone())?
+        .with_remote_layers(Arc::clone(&lazy) as Arc<_>);
+    {
+        let snapshotter = snapshotter.clone();
+        tokio::task::spawn_blocking(move || snapshotter.remount_remote()).await??;
+    }
+    let listener = match bind(&config.address) {
+        Ok(listener) => listener,
+        Err(err) => {
+            lazy.unmount_all();
+            return Err(err);
+        }
+    };
     let mut terminate = signal(SignalKind::terminate())
         .map_err(io_error("install SIGTERM handler", &config.address))?;
     let mut interrupt = signal(SignalKind::interrupt())
@@ -130,10 +153,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         ))
         .add_service(v1::images_server::ImagesServer::new(services.clone()))
         .add_service(v1::content_server::ContentServer::new(services))
-        .add_service(SnapshotsService::new(snapshotter).into_server())
+        .add_service(SnapshotsService::new(snapshotter.clone()).into_server())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     let _ = std::fs::remove_file(&config.address);
+    let unmounted = tokio::task::spawn_blocking(move || snapshotter.unmount_remote()).await;
+    // Whatever is still mounted (a failed remove, say) goes too.
+    lazy.unmount_all();
+    unmounted??;
     served?;
     info!("skiffd stopped");
     Ok(())

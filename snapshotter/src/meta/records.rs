@@ -95,6 +95,10 @@ pub struct SnapshotRecord {
     /// Stored at commit; active snapshots and views are measured when asked.
     #[serde(default)]
     pub usage: Option<UsageRecord>,
+    /// Set for a committed snapshot whose `fs` is a remote (lazily read) layer: what to mount there again
+    /// after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<crate::snapshots::remote::RemoteLayer>,
 }
 
 #[cfg(test)]

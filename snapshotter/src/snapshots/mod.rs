@@ -12,15 +12,18 @@
 //! [`Snapshotter::open`] and [`Snapshotter::cleanup`] delete. Every change of records is one batch, made under
 //! one lock that also orders the directory work.
 //!
-//! Remote (lazy) layers plug in at [`Snapshotter::create`]: the next step adds a `RemoteLayers` trait owned by
-//! this module, asked (with the typed `containerd.io/snapshot.ref` labels) to mount a layer read-only at
-//! [`SnapshotDirs::fs`] and commit it, so mounts, usage and the rest stay as they are. This module must not
-//! know FUSE.
+//! Remote (lazy) layers plug in at [`Snapshotter::prepare_with`]: given the typed [`RemoteLayer`] parsed
+//! from a `Prepare`'s labels, the [`RemoteLayers`] this snapshotter was given mount the layer read-only at
+//! [`SnapshotDirs::fs`] of a new committed snapshot named after the chain id (the containerd remote
+//! snapshotter contract, see [`remote`]), so mounts, usage and the rest stay as they are. Such a snapshot's
+//! record remembers the layer: [`Snapshotter::remount_remote`] mounts it again after a restart,
+//! [`Snapshotter::remove`] unmounts it. This module must not know FUSE.
 //!
 //! All methods block (disk and database); async callers use `spawn_blocking`.
 
 pub mod filter;
 pub mod mounts;
+pub mod remote;
 pub mod service;
 pub mod usage;
 
@@ -30,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
-use tracing::{debug, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::meta::{
     validate_snapshot_key, Labels, MetaError, MetaStore, SnapshotRecord, WriteBatch,
@@ -38,6 +41,7 @@ use crate::meta::{
 pub use crate::meta::{SnapshotKind, UsageRecord as Usage};
 pub use filter::{AnyFilter, Fields, FilterError};
 pub use mounts::{mounts, Mount, SnapshotDirs};
+pub use remote::{RemoteError, RemoteLayer, RemoteLayers};
 
 /// Failures of snapshot operations; [`service`] maps each to the gRPC code containerd expects.
 #[derive(Debug, thiserror::Error)]
@@ -218,12 +222,14 @@ pub struct Snapshotter {
     root: PathBuf,
     meta: MetaStore,
     lock: Arc<Mutex<()>>,
+    remote: Option<Arc<dyn RemoteLayers>>,
 }
 
 impl std::fmt::Debug for Snapshotter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Snapshotter")
             .field("root", &self.root)
+            .field("remote", &self.remote.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -244,9 +250,59 @@ impl Snapshotter {
             root: root.to_path_buf(),
             meta,
             lock: Arc::new(Mutex::new(())),
+            remote: None,
         };
         snapshotter.cleanup()?;
         Ok(snapshotter)
+    }
+
+    /// Serves layers that `Prepare` labels name through `remote` from now on (see [`remote`]).
+    pub fn with_remote_layers(mut self, remote: Arc<dyn RemoteLayers>) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
+    /// Mounts every remote snapshot again (after a restart, before the socket opens). A layer that cannot
+    /// be mounted is logged and left empty; returns how many were mounted.
+    pub fn remount_remote(&self) -> Result<usize, SnapshotError> {
+        let Some(remote) = &self.remote else {
+            return Ok(0);
+        };
+        let _guard = self.lock();
+        let mut mounted = 0;
+        for record in self.meta.list_snapshots()? {
+            let Some(layer) = &record.remote else {
+                continue;
+            };
+            let fs = self.dirs().fs(record.id);
+            match remote.mount(layer, &fs) {
+                Ok(()) => mounted += 1,
+                Err(err) => error!(
+                    key = %record.key,
+                    layer = %layer.layer_digest,
+                    error = %skiff_api::error_chain(&err),
+                    "cannot mount remote snapshot again; it reads as empty"
+                ),
+            }
+        }
+        if mounted > 0 {
+            info!(mounted, "remote snapshots mounted again");
+        }
+        Ok(mounted)
+    }
+
+    /// Unmounts every remote snapshot (shutdown); failures are logged.
+    pub fn unmount_remote(&self) -> Result<(), SnapshotError> {
+        let Some(remote) = &self.remote else {
+            return Ok(());
+        };
+        let _guard = self.lock();
+        for record in self.meta.list_snapshots()? {
+            if record.remote.is_some() {
+                unmount_quietly(remote.as_ref(), &self.dirs().fs(record.id));
+            }
+        }
+        Ok(())
     }
 
     /// Where the snapshot directories are.
@@ -327,6 +383,108 @@ impl Snapshotter {
         validate_labels(&labels)?;
         let parent = parent.filter(|p| !p.is_empty());
         let _guard = self.lock();
+        let parent_ids = self.check_new(key, parent)?;
+        self.create_locked(kind, key, parent, labels, &parent_ids)
+    }
+
+    /// `prepare`, unless `layer` names a remote layer and this snapshotter serves them: then the layer is
+    /// mounted and committed under `layer.target` and the answer is `AlreadyExists` for that name (what
+    /// containerd expects of a remote snapshotter). A layer that cannot be served remotely (not lazy, or
+    /// any failure) falls back to an ordinary active snapshot that containerd unpacks into.
+    pub fn prepare_with(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+        layer: Option<RemoteLayer>,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        let (Some(layer), Some(remote)) = (layer, self.remote.clone()) else {
+            return self.prepare(key, parent, labels);
+        };
+        validate_snapshot_key(key)?;
+        validate_snapshot_key(&layer.target)?;
+        validate_labels(&labels)?;
+        let parent = parent.filter(|p| !p.is_empty());
+        let _guard = self.lock();
+        if self.meta.get_snapshot(&layer.target)?.is_some() {
+            return Err(SnapshotError::AlreadyExists { key: layer.target });
+        }
+        let parent_ids = self.check_new(key, parent)?;
+        if self.commit_remote_locked(remote.as_ref(), &layer, parent, &labels, &parent_ids)? {
+            return Err(SnapshotError::AlreadyExists { key: layer.target });
+        }
+        self.create_locked(SnapshotKind::Active, key, parent, labels, &parent_ids)
+    }
+
+    /// Mounts `layer` at a new snapshot dir and commits it under `layer.target` in one batch. `false`
+    /// (nothing left behind) when the layer cannot be served remotely.
+    fn commit_remote_locked(
+        &self,
+        remote: &dyn RemoteLayers,
+        layer: &RemoteLayer,
+        parent: Option<&str>,
+        labels: &Labels,
+        parent_ids: &[u64],
+    ) -> Result<bool, SnapshotError> {
+        let id = self.meta.next_snapshot_id()?;
+        let dir = self.dirs().dir(id);
+        let temp = self.root.join(format!("{NEW_PREFIX}{id}"));
+        let result = self
+            .make_snapshot_dir(&temp, SnapshotKind::Committed, parent_ids.first().copied())
+            .and_then(|()| {
+                remove_dir_if_present(&dir)?;
+                std::fs::rename(&temp, &dir).map_err(io_error("rename into place", &temp))
+            });
+        if let Err(err) = result {
+            let _ = remove_dir_if_present(&temp);
+            return Err(err);
+        }
+        let fs = self.dirs().fs(id);
+        match remote.mount(layer, &fs) {
+            Ok(()) => {}
+            Err(err) => {
+                match &err {
+                    RemoteError::NotLazy { .. } => {
+                        debug!(layer = %layer.layer_digest, error = %err, "not a lazy layer; containerd unpacks it")
+                    }
+                    _ => warn!(
+                        layer = %layer.layer_digest,
+                        image = %layer.image_ref,
+                        error = %skiff_api::error_chain(&err),
+                        "remote layer unavailable; containerd unpacks it"
+                    ),
+                }
+                remove_dir_if_present(&dir)?;
+                return Ok(false);
+            }
+        }
+        let now = SystemTime::now();
+        let record = SnapshotRecord {
+            key: layer.target.clone(),
+            id,
+            kind: SnapshotKind::Committed,
+            parent: parent.map(str::to_owned),
+            labels: labels.clone(),
+            created_at: now,
+            updated_at: now,
+            usage: Some(Usage::default()),
+            remote: Some(layer.clone()),
+        };
+        let mut batch = WriteBatch::new();
+        self.meta.stage_put_snapshot(&mut batch, &record)?;
+        self.meta.stage_snapshot_next_id(&mut batch, id);
+        if let Err(err) = self.meta.write_batch(batch) {
+            unmount_quietly(remote, &fs);
+            let _ = remove_dir_if_present(&dir);
+            return Err(err.into());
+        }
+        info!(target = %layer.target, layer = %layer.layer_digest, id, "remote snapshot committed");
+        Ok(true)
+    }
+
+    /// Checks that `key` is free and `parent` (if any) is committed; returns the parent's id and its
+    /// ancestors', nearest first. Called under the lock.
+    fn check_new(&self, key: &str, parent: Option<&str>) -> Result<Vec<u64>, SnapshotError> {
         if self.meta.get_snapshot(key)?.is_some() {
             return Err(SnapshotError::AlreadyExists {
                 key: key.to_owned(),
@@ -352,6 +510,23 @@ impl Snapshotter {
                 Some(record)
             }
         };
+        let mut parent_ids = Vec::new();
+        if let Some(parent_record) = &parent_record {
+            parent_ids.push(parent_record.id);
+            parent_ids.extend(self.parent_ids(parent_record)?);
+        }
+        Ok(parent_ids)
+    }
+
+    /// The directory work and the batch of `create`, under the lock, after `check_new`.
+    fn create_locked(
+        &self,
+        kind: SnapshotKind,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+        parent_ids: &[u64],
+    ) -> Result<Vec<Mount>, SnapshotError> {
         let id = self.meta.next_snapshot_id()?;
         let now = SystemTime::now();
         let record = SnapshotRecord {
@@ -363,12 +538,8 @@ impl Snapshotter {
             created_at: now,
             updated_at: now,
             usage: None,
+            remote: None,
         };
-        let mut parent_ids = Vec::new();
-        if let Some(parent_record) = &parent_record {
-            parent_ids.push(parent_record.id);
-            parent_ids.extend(self.parent_ids(parent_record)?);
-        }
 
         let dir = self.dirs().dir(id);
         let temp = self.root.join(format!("{NEW_PREFIX}{id}"));
@@ -392,7 +563,7 @@ impl Snapshotter {
             return Err(err.into());
         }
         debug!(key, id, %kind, "snapshot created");
-        Ok(mounts(self.dirs(), kind, id, &parent_ids))
+        Ok(mounts(self.dirs(), kind, id, parent_ids))
     }
 
     /// `fs` (0755, owned like the parent's `fs`) and, for active snapshots, `work` (0711), under `temp`.
@@ -478,6 +649,9 @@ impl Snapshotter {
             let mut batch = WriteBatch::new();
             self.meta.stage_delete_snapshot(&mut batch, &record);
             self.meta.write_batch(batch)?;
+            if let (Some(_), Some(remote)) = (&record.remote, &self.remote) {
+                unmount_quietly(remote.as_ref(), &self.dirs().fs(record.id));
+            }
             // Renamed under the lock so a new snapshot never meets it; deleted outside it.
             let dir = self.dirs().dir(record.id);
             let removing = self.root.join(format!("{REMOVING_PREFIX}{}", record.id));
@@ -564,6 +738,10 @@ impl Snapshotter {
                 .is_some_and(|id| live.contains(&id));
             if !is_live {
                 let path = entry.path();
+                if let Some(remote) = &self.remote {
+                    // A removal whose unmount failed, or a crash between mount and commit.
+                    unmount_quietly(remote.as_ref(), &path.join("fs"));
+                }
                 match remove_dir_if_present(&path) {
                     Ok(()) => removed += 1,
                     Err(err) => warn!(path = %path.display(), error = %err, "cannot clean up"),
@@ -574,6 +752,19 @@ impl Snapshotter {
             debug!(removed, "orphan snapshot dirs removed");
         }
         Ok(removed)
+    }
+}
+
+/// Unmounts a remote layer; nothing mounted there is fine, other failures are logged.
+fn unmount_quietly(remote: &dyn RemoteLayers, mountpoint: &Path) {
+    match remote.unmount(mountpoint) {
+        Ok(()) => debug!(mountpoint = %mountpoint.display(), "remote layer unmounted"),
+        Err(RemoteError::NotMounted { .. }) => {}
+        Err(err) => warn!(
+            mountpoint = %mountpoint.display(),
+            error = %skiff_api::error_chain(&err),
+            "cannot unmount remote layer"
+        ),
     }
 }
 

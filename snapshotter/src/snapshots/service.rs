@@ -11,7 +11,8 @@ use skiff_api::containerd::types;
 use tonic::{Request, Response, Status};
 
 use super::{
-    AnyFilter, LabelChange, Mount, SnapshotError, SnapshotInfo, SnapshotKind, Snapshotter,
+    AnyFilter, LabelChange, Mount, RemoteLayer, SnapshotError, SnapshotInfo, SnapshotKind,
+    Snapshotter,
 };
 use crate::meta::Labels;
 
@@ -119,12 +120,17 @@ impl api::snapshots_server::Snapshots for SnapshotsService {
         request: Request<api::PrepareSnapshotRequest>,
     ) -> Result<Response<api::PrepareSnapshotResponse>, Status> {
         let request = request.into_inner();
+        let labels = labels(request.labels);
+        // The containerd remote-snapshotter labels, parsed here once.
+        let layer = RemoteLayer::from_labels(&labels)?;
+        tracing::debug!(key = %request.key, labels = ?labels.keys().collect::<Vec<_>>(), remote = layer.is_some(), "prepare");
         let list = self
             .blocking(move |s| {
-                s.prepare(
+                s.prepare_with(
                     &request.key,
                     parent(request.parent).as_deref(),
-                    labels(request.labels),
+                    labels,
+                    layer,
                 )
             })
             .await?;
