@@ -49,12 +49,15 @@ impl From<MetaError> for Status {
         let message = skiff_api::error_chain(&err);
         match err {
             MetaError::NotFound { .. } => Status::not_found(message),
-            MetaError::AlreadyExists { .. } => Status::already_exists(message),
+            MetaError::AlreadyExists { .. } | MetaError::RecordExists { .. } => {
+                Status::already_exists(message)
+            }
             MetaError::NamespaceNotEmpty { .. } => Status::failed_precondition(message),
             MetaError::InvalidNamespace { .. }
             | MetaError::InvalidImageName { .. }
             | MetaError::InvalidDigest { .. }
-            | MetaError::InvalidSnapshotKey { .. } => Status::invalid_argument(message),
+            | MetaError::InvalidSnapshotKey { .. }
+            | MetaError::InvalidContainerId { .. } => Status::invalid_argument(message),
             _ => Status::internal(message),
         }
     }

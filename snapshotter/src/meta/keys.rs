@@ -7,7 +7,8 @@
 //! v1\0ns\0{namespace}                          -> NamespaceRecord
 //! v1\0nsdata\0{namespace}\0images\0{name}      -> ImageRecord      (names may contain '/', ':', '@')
 //! v1\0nsdata\0{namespace}\0content\0{digest}   -> ContentRefRecord
-//! v1\0nsdata\0{namespace}\0{kind}\0{id}        -> later kinds (containers, snapshots, leases…)
+//! v1\0nsdata\0{namespace}\0containers\0{id}  -> ContainerRecord
+//! v1\0nsdata\0{namespace}\0{kind}\0{id}        -> later kinds (leases…)
 //! ```
 //!
 //! Everything a namespace owns lives under `v1\0nsdata\0{namespace}\0`, so "is this namespace empty" is one
@@ -36,6 +37,8 @@ const SEP: u8 = 0;
 pub(crate) const IMAGES: &str = "images";
 /// The `{kind}` component of content references.
 pub(crate) const CONTENT: &str = "content";
+/// The `{kind}` component of container records.
+pub(crate) const CONTAINERS: &str = "containers";
 
 /// Prefix of every snapshot record.
 pub(crate) const SNAPSHOTS: &[u8] = b"v1\0snap\0rec\0";
@@ -168,6 +171,43 @@ pub fn validate_image_name(name: &str) -> Result<(), MetaError> {
     Ok(())
 }
 
+/// Longest container id containerd accepts.
+pub const MAX_CONTAINER_ID_LEN: usize = 76;
+
+/// Container ids follow containerd's identifier rule: ASCII letters and digits, with single `.`, `_` or `-`
+/// between them, at most 76 characters (they become directory, cgroup and runc state names).
+pub fn validate_container_id(id: &str) -> Result<(), MetaError> {
+    let invalid = |reason| MetaError::InvalidContainerId {
+        id: id.to_owned(),
+        reason,
+    };
+    if id.is_empty() {
+        return Err(invalid("must not be empty"));
+    }
+    if id.len() > MAX_CONTAINER_ID_LEN {
+        return Err(invalid("longer than 76 characters"));
+    }
+    let mut previous_separator = true;
+    for c in id.chars() {
+        let separator = matches!(c, '.' | '_' | '-');
+        if !(c.is_ascii_alphanumeric() || separator) {
+            return Err(invalid(
+                "only ASCII letters, digits, '.', '_' and '-' are allowed",
+            ));
+        }
+        if separator && previous_separator {
+            return Err(invalid(
+                "must start with a letter or digit and have no two separators in a row",
+            ));
+        }
+        previous_separator = separator;
+    }
+    if previous_separator {
+        return Err(invalid("must end with a letter or digit"));
+    }
+    Ok(())
+}
+
 /// Digests are stored in their canonical `algorithm:encoded` form, as OCI defines it.
 pub fn validate_digest(digest: &str) -> Result<(), MetaError> {
     oci_spec::image::Digest::try_from(digest)
@@ -181,6 +221,32 @@ pub fn validate_digest(digest: &str) -> Result<(), MetaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_ids_follow_containerds_rule() {
+        for ok in ["a", "web-1", "a.b_c-d", "A9", &"x".repeat(76)] {
+            assert!(validate_container_id(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a--b",
+            "a/b",
+            "a b",
+            "..",
+            "é",
+            &"x".repeat(77),
+        ] {
+            assert!(
+                matches!(
+                    validate_container_id(bad),
+                    Err(MetaError::InvalidContainerId { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn snapshot_keys_are_separate_and_unambiguous() {

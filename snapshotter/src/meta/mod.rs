@@ -1,4 +1,4 @@
-//! The metadata store: namespaces, images and content references, as typed records over an ordered
+//! The metadata store: namespaces, images, content references and containers, as typed records over an ordered
 //! key-value seam ([`KvStore`]) that is RocksDB in the daemon ([`RocksKv`]) and a map in tests ([`MemKv`]).
 //!
 //! It owns the keyspace layout (documented in [`keys`]) and the rules containerd clients rely on: valid
@@ -10,6 +10,7 @@
 //! [`MetaStore::content_referenced_anywhere`] before deleting one. All calls block on the database; async
 //! callers go through `tokio::task::spawn_blocking`.
 
+mod containers;
 pub mod keys;
 mod kv;
 mod records;
@@ -21,13 +22,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use keys::{
-    validate_digest, validate_image_name, validate_namespace, validate_snapshot_key,
-    MAX_NAMESPACE_LEN,
+    validate_container_id, validate_digest, validate_image_name, validate_namespace,
+    validate_snapshot_key, MAX_CONTAINER_ID_LEN, MAX_NAMESPACE_LEN,
 };
 pub use kv::{BatchOp, KvPair, KvStore, MemKv, RocksKv, WriteBatch};
 pub use records::{
-    ContentRefRecord, DescriptorRecord, ImageRecord, Labels, NamespaceRecord, SnapshotKind,
-    SnapshotRecord, UsageRecord,
+    ContainerRecord, ContentRefRecord, DescriptorRecord, ImageRecord, Labels, NamespaceRecord,
+    SnapshotKind, SnapshotRecord, UsageRecord,
 };
 
 /// The kinds of record the store keeps, for error messages.
@@ -37,6 +38,7 @@ pub enum RecordKind {
     Image,
     ContentRef,
     Snapshot,
+    Container,
 }
 
 impl std::fmt::Display for RecordKind {
@@ -46,6 +48,7 @@ impl std::fmt::Display for RecordKind {
             RecordKind::Image => "image",
             RecordKind::ContentRef => "content reference",
             RecordKind::Snapshot => "snapshot",
+            RecordKind::Container => "container",
         })
     }
 }
@@ -61,8 +64,16 @@ pub enum MetaError {
     InvalidSnapshotKey { key: String, reason: &'static str },
     #[error("invalid digest {digest:?}: {reason}")]
     InvalidDigest { digest: String, reason: String },
+    #[error("invalid container id {id:?}: {reason}")]
+    InvalidContainerId { id: String, reason: &'static str },
     #[error("namespace {namespace} already exists")]
     AlreadyExists { namespace: String },
+    #[error("{kind} {name} already exists in namespace {namespace}")]
+    RecordExists {
+        kind: RecordKind,
+        namespace: String,
+        name: String,
+    },
     /// `what` is the first kind of record found under the namespace (`images`, `content`, …).
     #[error("namespace {namespace} is not empty: it still has {what}")]
     NamespaceNotEmpty { namespace: String, what: String },

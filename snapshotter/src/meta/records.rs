@@ -101,6 +101,24 @@ pub struct SnapshotRecord {
     pub remote: Option<crate::snapshots::remote::RemoteLayer>,
 }
 
+/// A container: metadata only (containerd's model); a running process is a task of the runtime layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    /// The image name it was created from.
+    pub image: String,
+    /// Its writable rootfs: the key of an active snapshot.
+    pub snapshot_key: String,
+    /// The OCI runtime binary's name or path (`runc`, `crun`, …).
+    pub runtime: String,
+    /// The OCI runtime spec (`config.json`), as JSON.
+    pub spec: serde_json::Value,
+    #[serde(default)]
+    pub labels: Labels,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
