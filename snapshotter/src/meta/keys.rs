@@ -7,7 +7,7 @@
 //! v1\0ns\0{namespace}                          -> NamespaceRecord
 //! v1\0nsdata\0{namespace}\0images\0{name}      -> ImageRecord      (names may contain '/', ':', '@')
 //! v1\0nsdata\0{namespace}\0content\0{digest}   -> ContentRefRecord
-//! v1\0nsdata\0{namespace}\0containers\0{id}  -> ContainerRecord
+//! v1\0nsdata\0{namespace}\0containers\0{id}   -> ContainerRecord
 //! v1\0nsdata\0{namespace}\0{kind}\0{id}        -> later kinds (leases…)
 //! ```
 //!
