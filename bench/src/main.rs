@@ -16,6 +16,9 @@ enum Command {
     /// FUSE micro-benchmarks: a lazily mounted eStargz layer against overlayfs over the same layer on
     /// local disk (cold read of one file, warm sequential and random reads, stat of every file).
     Fuse(skiff_bench::fuse_micro::FuseArgs),
+    /// Checks a shaped network link: a whole-blob GET and small Range GETs from a real registry through
+    /// the profile's rate and round-trip time, against what the profile predicts.
+    LinkCheck(skiff_bench::link_check::LinkCheckArgs),
 }
 
 fn main() -> Result<()> {
@@ -26,5 +29,6 @@ fn main() -> Result<()> {
         .build()?;
     match cli.command {
         Command::Fuse(args) => skiff_bench::fuse_micro::run(&args, runtime.handle()),
+        Command::LinkCheck(args) => skiff_bench::link_check::run(&args, runtime.handle()),
     }
 }
