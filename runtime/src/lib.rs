@@ -6,4 +6,5 @@
 //! the flags, `user` resolves users inside the rootfs).
 
 pub mod options;
+pub mod spec;
 pub mod user;
