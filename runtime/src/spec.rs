@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::{
-    Capability, Hook, HookBuilder, Hooks, HooksBuilder, LinuxBuilder, LinuxCapabilitiesBuilder,
-    LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder, Mount,
-    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
-    SpecBuilder, UserBuilder,
+    Capability, HookBuilder, Hooks, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
+    LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder, Mount, MountBuilder,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
 };
 
 use crate::options::{
@@ -460,48 +460,31 @@ fn resources(opts: &SpecOptions) -> Result<LinuxResources, SpecError> {
 
 /// The hooks grouped by stage, each stage in the order given.
 fn hooks(specs: &[HookSpec]) -> Result<Hooks, SpecError> {
-    let stage = |stage: HookStage| -> Result<Option<Vec<Hook>>, SpecError> {
-        let hooks = specs
-            .iter()
-            .filter(|h| h.stage == stage)
-            .map(|h| {
-                let mut hook = HookBuilder::default().path(h.path.clone());
-                if !h.args.is_empty() {
-                    hook = hook.args(h.args.clone());
-                }
-                if !h.env.is_empty() {
-                    hook = hook.env(h.env.clone());
-                }
-                if let Some(timeout) = h.timeout {
-                    hook = hook.timeout(timeout);
-                }
-                hook.build()
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((!hooks.is_empty()).then_some(hooks))
-    };
-    let mut builder = HooksBuilder::default();
-    // The spec deprecates prestart for createRuntime, yet runc runs both and users still ask for it.
-    #[allow(deprecated)]
-    if let Some(h) = stage(HookStage::Prestart)? {
-        builder = builder.prestart(h);
+    let mut hooks = Hooks::default();
+    for spec in specs {
+        let mut hook = HookBuilder::default().path(spec.path.clone());
+        if !spec.args.is_empty() {
+            hook = hook.args(spec.args.clone());
+        }
+        if !spec.env.is_empty() {
+            hook = hook.env(spec.env.clone());
+        }
+        if let Some(timeout) = spec.timeout {
+            hook = hook.timeout(timeout);
+        }
+        // The spec deprecates prestart for createRuntime, yet runc runs both and users still ask for it.
+        #[allow(deprecated)]
+        let stage = match spec.stage {
+            HookStage::Prestart => hooks.prestart_mut(),
+            HookStage::CreateRuntime => hooks.create_runtime_mut(),
+            HookStage::CreateContainer => hooks.create_container_mut(),
+            HookStage::StartContainer => hooks.start_container_mut(),
+            HookStage::Poststart => hooks.poststart_mut(),
+            HookStage::Poststop => hooks.poststop_mut(),
+        };
+        stage.get_or_insert_with(Vec::new).push(hook.build()?);
     }
-    if let Some(h) = stage(HookStage::CreateRuntime)? {
-        builder = builder.create_runtime(h);
-    }
-    if let Some(h) = stage(HookStage::CreateContainer)? {
-        builder = builder.create_container(h);
-    }
-    if let Some(h) = stage(HookStage::StartContainer)? {
-        builder = builder.start_container(h);
-    }
-    if let Some(h) = stage(HookStage::Poststart)? {
-        builder = builder.poststart(h);
-    }
-    if let Some(h) = stage(HookStage::Poststop)? {
-        builder = builder.poststop(h);
-    }
-    Ok(builder.build()?)
+    Ok(hooks)
 }
 
 #[cfg(test)]
@@ -944,7 +927,7 @@ mod tests {
         };
         let spec = gen(serde_json::json!({"Cmd": ["sh"]}), &o).unwrap();
         let hooks = spec.hooks().as_ref().unwrap();
-        let paths = |h: &Option<Vec<Hook>>| -> Vec<PathBuf> {
+        let paths = |h: &Option<Vec<oci_spec::runtime::Hook>>| -> Vec<PathBuf> {
             h.iter().flatten().map(|h| h.path().clone()).collect()
         };
         assert_eq!(

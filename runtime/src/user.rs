@@ -187,47 +187,52 @@ struct GroupEntry {
     members: Vec<String>,
 }
 
-/// `name:password:uid:gid:gecos:home:shell` lines; malformed lines and comments are skipped, as libc does.
-fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
+/// The entries of a colon-separated database (`name:password:REST...`): `entry` gets the name and the
+/// fields after the password and returns `None` for a malformed line. Comments and malformed lines are
+/// skipped, as libc does.
+fn parse_database<'a, T>(
+    text: &'a str,
+    entry: impl Fn(&'a str, &mut std::str::Split<'a, char>) -> Option<T>,
+) -> Vec<T> {
     text.lines()
         .filter_map(|line| {
             let mut fields = line.split(':');
-            let name = fields.next()?;
+            let name = fields
+                .next()
+                .filter(|n| !n.is_empty() && !n.starts_with('#'))?;
             let _password = fields.next()?;
-            let uid = fields.next()?.parse().ok()?;
-            let gid = fields.next()?.parse().ok()?;
-            (!name.is_empty() && !name.starts_with('#')).then(|| PasswdEntry {
-                name: name.to_owned(),
-                uid,
-                gid,
-            })
+            entry(name, &mut fields)
         })
         .collect()
 }
 
-/// `name:password:gid:member,member` lines; malformed lines and comments are skipped.
+/// `name:password:uid:gid:gecos:home:shell` lines.
+fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
+    parse_database(text, |name, fields| {
+        Some(PasswdEntry {
+            name: name.to_owned(),
+            uid: fields.next()?.parse().ok()?,
+            gid: fields.next()?.parse().ok()?,
+        })
+    })
+}
+
+/// `name:password:gid:member,member` lines.
 fn parse_group(text: &str) -> Vec<GroupEntry> {
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split(':');
-            let name = fields.next()?;
-            let _password = fields.next()?;
-            let gid = fields.next()?.parse().ok()?;
-            let members = fields
+    parse_database(text, |name, fields| {
+        Some(GroupEntry {
+            name: name.to_owned(),
+            gid: fields.next()?.parse().ok()?,
+            members: fields
                 .next()
                 .unwrap_or("")
                 .split(',')
                 .map(str::trim)
                 .filter(|m| !m.is_empty())
                 .map(str::to_owned)
-                .collect();
-            (!name.is_empty() && !name.starts_with('#')).then(|| GroupEntry {
-                name: name.to_owned(),
-                gid,
-                members,
-            })
+                .collect(),
         })
-        .collect()
+    })
 }
 
 #[cfg(test)]
