@@ -2,4 +2,9 @@
 //! runtime binary (runc by default), OCI runtime specs generated from image configs, bundles, stdio and
 //! exit status. It must not know registries or FUSE: it receives a mounted rootfs from the snapshotter.
 //!
-//! Nothing is implemented here yet; the crate exists so the workspace has its final shape.
+//! `spec` generates the OCI runtime spec of a container from its image config and options (`options` parses
+//! the flags, `user` resolves users inside the rootfs).
+
+pub mod options;
+pub mod spec;
+pub mod user;
