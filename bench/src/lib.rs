@@ -7,9 +7,10 @@
 //! - [`link`]: the shaped network link (rate and round-trip time in user space, byte counters) the
 //!   cold-start harness puts between the registry and its clients; [`link_check`] (`skiff-bench
 //!   link-check`) measures it against a real registry.
-//! - The cold-start harness (issue "Cold-start benchmark") will drive skiff and containerd like a user
-//!   does and know none of their internals; it is not implemented yet.
+//! - [`coldstart`]: the cold-start harness (issue "Cold-start benchmark"): workloads, modes (so far the
+//!   `overlayfs` baseline), ready-line timing. It drives skiff and containerd like a user does.
 
+pub mod coldstart;
 pub mod fuse_micro;
 pub mod link;
 pub mod link_check;
