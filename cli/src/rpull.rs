@@ -551,7 +551,7 @@ async fn pull(
     };
     containerd
         .put_content(
-            &resolved.config.digest().to_string(),
+            resolved.config.digest().as_ref(),
             resolved.config.size(),
             HashMap::new(),
             || bytes_body(resolved.config_bytes.clone()),
@@ -582,7 +582,7 @@ async fn pull(
             .collect();
         containerd
             .put_content(
-                &resolved.target.digest().to_string(),
+                resolved.target.digest().as_ref(),
                 resolved.target.size(),
                 labels,
                 || bytes_body(resolved.target_bytes.clone()),
@@ -622,7 +622,7 @@ async fn pull(
     if let Some(top) = chain.last() {
         containerd
             .label_content(
-                &resolved.config.digest().to_string(),
+                resolved.config.digest().as_ref(),
                 HashMap::from([(
                     format!("containerd.io/gc.ref.snapshot.{snapshotter}"),
                     top.clone(),
