@@ -489,11 +489,15 @@ pub async fn run(namespace: &str, args: RpullArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("resolve {reference}"))?;
     let name = reference.to_string();
-    println!(
-        "{name}: resolved {} (manifest {})",
-        resolved.target.digest(),
-        resolved.manifest.digest()
-    );
+    if resolved.target.digest() == resolved.manifest.digest() {
+        println!("{name}: resolved {}", resolved.target.digest());
+    } else {
+        println!(
+            "{name}: resolved {} (manifest {} for this platform)",
+            resolved.target.digest(),
+            resolved.manifest.digest()
+        );
+    }
 
     let lease = containerd.create_lease().await?;
     let leased = containerd.with_lease(&lease)?;

@@ -14,8 +14,8 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use skiff_tests::{
     convert_image, mounts_under, require, wait_until, write_docker_config, write_hosts_toml,
-    Containerd, ContainerdConfig, FaultProxy, ImageSpec, LayerSpec, LazyFormat, ProxyPlugin,
-    Registry, RegistryAuth, Skiffd, SkiffdOptions,
+    Containerd, ContainerdConfig, FaultProxy, ImageSpec, LayerSpec, LazyFormat, MultiPlatformSpec,
+    Platform, ProxyPlugin, Registry, RegistryAuth, Skiffd, SkiffdOptions,
 };
 
 const TOOLS: &[&str] = &[
@@ -159,7 +159,7 @@ impl Bed {
     /// `skiff [-n NAMESPACE] image rpull --containerd SOCK --plain-http IMAGE`; returns its stdout.
     fn skiff_rpull(&self, namespace: &str, image: &str) -> Result<String> {
         let socket = self.containerd.socket().display().to_string();
-        self.skiffd.skiff_ok(&[
+        let output = self.skiffd.skiff_ok(&[
             "-n",
             namespace,
             "image",
@@ -168,7 +168,9 @@ impl Bed {
             &socket,
             "--plain-http",
             image,
-        ])
+        ])?;
+        eprintln!("skiff -n {namespace} image rpull {image}:\n{output}");
+        Ok(output)
     }
 
     fn lazy_mounts(&self) -> Result<Vec<LazyMount>> {
@@ -207,7 +209,19 @@ impl Bed {
 
     /// `ctr -n NAMESPACE run --rm` of `image` printing `message`, through the snapshotter `skiff`.
     fn run_echo(&self, namespace: &str, image: &str, id: &str, message: &str) -> Result<()> {
-        let output = self.containerd.ctr_ok(&[
+        self.run_expect(namespace, image, id, &["/bin/echo", message], message)
+    }
+
+    /// `ctr -n NAMESPACE run --rm --snapshotter skiff IMAGE ID COMMAND…`; fails unless it prints `expected`.
+    fn run_expect(
+        &self,
+        namespace: &str,
+        image: &str,
+        id: &str,
+        command: &[&str],
+        expected: &str,
+    ) -> Result<()> {
+        let mut args = vec![
             "-n",
             namespace,
             "run",
@@ -216,12 +230,12 @@ impl Bed {
             "--rm",
             image,
             id,
-            "/bin/echo",
-            message,
-        ])?;
+        ];
+        args.extend_from_slice(command);
+        let output = self.containerd.ctr_ok(&args)?;
         ensure!(
-            output.contains(message),
-            "ctr run {image} printed {output:?}, not {message:?}"
+            output.contains(expected),
+            "ctr run {image} printed {output:?}, not {expected:?}"
         );
         Ok(())
     }
@@ -331,6 +345,16 @@ fn skiff_rpull_pulls_estargz_lazily_through_containerd_and_falls_back_for_gzip()
             "the manifest {manifest_digest} is not in containerd's content store"
         );
         ensure_few_bytes(&bed, &layers, "skiff image rpull (eStargz)")?;
+        // The config names the top snapshot for the garbage collector; the pull's lease is gone.
+        let content = bed.containerd.ctr_ok(&["content", "ls"])?;
+        ensure!(
+            content
+                .lines()
+                .any(|line| line.contains("containerd.io/gc.ref.snapshot.skiff=sha256:")),
+            "no config labelled with its snapshot:\n{content}"
+        );
+        let leases = bed.containerd.ctr_ok(&["leases", "ls", "-q"])?;
+        ensure!(leases.trim().is_empty(), "leases left: {leases}");
         bed.run_echo("default", &lazy, "lazy-echo", "hello from a lazy layer")?;
         ensure_few_bytes(&bed, &layers, "rpull and run (eStargz)")?;
 
@@ -407,7 +431,7 @@ fn skiff_rpull_pulls_estargz_lazily_through_containerd_and_falls_back_for_gzip()
 }
 
 #[test]
-fn skiff_rpull_pulls_zstd_chunked_lazily_through_containerd() -> Result<()> {
+fn skiff_rpull_pulls_zstd_chunked_and_index_images_through_containerd() -> Result<()> {
     let bed = Bed::start(&[(LazyFormat::ZstdChunked, "zstd:1")])?;
     let result = (|| -> Result<()> {
         let image = bed.image("zstd:1");
@@ -420,6 +444,46 @@ fn skiff_rpull_pulls_zstd_chunked_lazily_through_containerd() -> Result<()> {
         ensure_few_bytes(&bed, &layers, "skiff image rpull (zstd:chunked)")?;
         bed.run_echo("default", &image, "zstd-echo", "hello from zstd:chunked")?;
         ensure_few_bytes(&bed, &layers, "rpull and run (zstd:chunked)")?;
+
+        // A multi-platform index: the host's manifest is chosen, the index kept alive with it.
+        let host = Platform::host();
+        let index = MultiPlatformSpec::new()
+            .image(
+                ImageSpec::new()
+                    .platform(host.clone())
+                    .busybox()
+                    .layer(LayerSpec::new().file("/platform.txt", "host\n")),
+            )
+            .image(
+                ImageSpec::new()
+                    .platform(Platform::foreign())
+                    .layer(LayerSpec::new().file("/platform.txt", "foreign\n")),
+            )
+            .build_layout()?;
+        let index_digest = bed.registry.push(&index, "multi:1")?;
+        let multi = bed.image("multi:1");
+        let output = bed.skiff_rpull("default", &multi)?;
+        ensure!(
+            output.contains(&index_digest),
+            "rpull did not resolve the index {index_digest}:\n{output}"
+        );
+        ensure!(
+            bed.containerd.image_digest(&multi)? == index_digest,
+            "the image record does not point at the index"
+        );
+        let content = bed.containerd.ctr_ok(&["content", "ls"])?;
+        ensure!(
+            content.lines().any(|line| line.starts_with(&index_digest)
+                && line.contains("containerd.io/gc.ref.content.m.")),
+            "the index is not in containerd's content store with its manifest label:\n{content}"
+        );
+        bed.run_expect(
+            "default",
+            &multi,
+            "multi-cat",
+            &["/bin/cat", "/platform.txt"],
+            "host",
+        )?;
 
         // Errors name what went wrong and leave no image behind.
         let missing = bed.image("zstd:missing");
