@@ -1,4 +1,4 @@
-//! `skiff image pull|ls|rm|info`.
+//! `skiff image pull|rpull|ls|rm|info`.
 
 use std::collections::HashMap;
 
@@ -24,6 +24,9 @@ pub enum ImageCommand {
         #[arg(long, value_name = "USER:PASS")]
         user: Option<String>,
     },
+    /// Pull an image through a containerd into one of its snapshotters (skiffd as its remote snapshotter):
+    /// layers skiffd can serve lazily are not downloaded, the others are unpacked by containerd.
+    Rpull(crate::rpull::RpullArgs),
     /// List images.
     #[command(visible_alias = "list")]
     Ls {
@@ -50,6 +53,7 @@ pub async fn run(ctx: &Ctx, command: ImageCommand) -> anyhow::Result<()> {
             plain_http,
             user,
         } => pull(&mut client, namespace, reference, plain_http, user).await,
+        ImageCommand::Rpull(args) => crate::rpull::run(&namespace, args).await,
         ImageCommand::Ls { quiet } => {
             let images = client
                 .list(v1::ListImagesRequest { namespace })
@@ -114,16 +118,8 @@ async fn pull(
     plain_http: bool,
     user: Option<String>,
 ) -> anyhow::Result<()> {
-    let credentials = match user {
-        None => None,
-        Some(user) => match user.split_once(':') {
-            Some((username, password)) => Some(v1::Credentials {
-                username: username.to_string(),
-                password: password.to_string(),
-            }),
-            None => bail!("--user expects USER:PASS"),
-        },
-    };
+    let credentials = crate::rpull::credentials(user.as_deref())?
+        .map(|(username, password)| v1::Credentials { username, password });
     let mut stream = client
         .pull(v1::PullRequest {
             namespace,

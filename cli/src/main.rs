@@ -1,10 +1,12 @@
 //! `skiff`: a ctr-like command line client of skiffd. It speaks only skiff's gRPC API over the daemon's
-//! unix socket and links nothing of the daemon (no RocksDB, no FUSE, no registry client).
+//! unix socket and links nothing of the daemon (no RocksDB, no FUSE). `image rpull` instead speaks
+//! containerd's API and resolves the image itself with skiff-fuse's registry client.
 
 mod content;
 mod images;
 mod namespaces;
 mod output;
+mod rpull;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,12 +55,19 @@ pub struct Ctx {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // rpull talks to containerd, not to skiffd.
+    let command = match cli.command {
+        Command::Image(images::ImageCommand::Rpull(args)) => {
+            return rpull::run(&cli.namespace, args).await
+        }
+        command => command,
+    };
     let channel = skiff_api::connect(&cli.address).await?;
     let ctx = Ctx {
         channel,
         namespace: cli.namespace,
     };
-    match cli.command {
+    match command {
         Command::Namespace(command) => namespaces::run(&ctx, command).await,
         Command::Image(command) => images::run(&ctx, command).await,
         Command::Content(command) => content::run(&ctx, command).await,

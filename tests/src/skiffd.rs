@@ -69,6 +69,8 @@ pub struct Skiffd {
     process: Option<ChildProcess>,
     dir: TempDir,
     socket: PathBuf,
+    binary: PathBuf,
+    options: SkiffdOptions,
 }
 
 impl Skiffd {
@@ -79,45 +81,65 @@ impl Skiffd {
 
     /// Starts skiffd and waits until its socket accepts a connection.
     pub fn start_with(options: SkiffdOptions) -> Result<Self> {
-        let binary = match options.binary {
-            Some(binary) => binary,
+        let binary = match &options.binary {
+            Some(binary) => binary.clone(),
             None => cargo_bin("skiffd")?,
         };
         let dir = tempfile::Builder::new()
             .prefix("skiff-skiffd-")
             .tempdir()
             .context("create skiffd temp dir")?;
-        let root = dir.path().join("root");
-        std::fs::create_dir_all(&root)?;
+        std::fs::create_dir_all(dir.path().join("root"))?;
         let socket = dir.path().join("skiffd.sock");
-        let mut command = Command::new(&binary);
+        let mut skiffd = Self {
+            process: None,
+            dir,
+            socket,
+            binary,
+            options,
+        };
+        if let Err(e) = skiffd.spawn() {
+            crate::mounts::unmount_all_under(skiffd.dir.path());
+            return Err(e);
+        }
+        Ok(skiffd)
+    }
+
+    /// Starts the process with this daemon's root, socket and options; waits until the socket accepts.
+    fn spawn(&mut self) -> Result<()> {
+        let mut command = Command::new(&self.binary);
         command
             .arg("--root")
-            .arg(&root)
+            .arg(self.root())
             .arg("--address")
-            .arg(&socket);
-        if let Some(config) = &options.config {
+            .arg(&self.socket);
+        if let Some(config) = &self.options.config {
             command.arg("--config").arg(config);
         }
-        command.args(&options.extra_args);
-        command.envs(options.env.iter().map(|(k, v)| (k, v)));
+        command.args(&self.options.extra_args);
+        command.envs(self.options.env.iter().map(|(k, v)| (k, v)));
         let mut process =
-            ChildProcess::spawn("skiffd", &mut command, &dir.path().join("skiffd.log"))?;
+            ChildProcess::spawn("skiffd", &mut command, &self.dir.path().join("skiffd.log"))?;
+        let socket = &self.socket;
         let ready = wait_until("skiffd socket to accept", Duration::from_secs(30), || {
             process.ensure_running()?;
-            Ok(UnixStream::connect(&socket).is_ok())
+            Ok(UnixStream::connect(socket).is_ok())
         });
         if let Err(e) = ready {
             let log = process.log_tail(40);
             drop(process);
-            crate::mounts::unmount_all_under(dir.path());
             return Err(e.context(format!("skiffd log:\n{log}")));
         }
-        Ok(Self {
-            process: Some(process),
-            dir,
-            socket,
-        })
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// Stops skiffd (SIGTERM) if it runs and starts it again with the same root, socket and options, as
+    /// after a crash or an upgrade; its log goes on in the same file.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.process = None;
+        self.spawn()
     }
 
     /// The gRPC socket (`--address`).
@@ -138,10 +160,10 @@ impl Skiffd {
         self.process.as_ref().map(ChildProcess::pid)
     }
 
+    /// Everything skiffd printed, across restarts.
     pub fn log(&self) -> String {
-        self.process
-            .as_ref()
-            .map(ChildProcess::log)
+        std::fs::read(self.dir.path().join("skiffd.log"))
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
             .unwrap_or_default()
     }
 

@@ -1,17 +1,21 @@
-//! End to end: a real containerd 1.6 with skiffd as its `proxy_plugins` snapshotter `skiff`. An image
-//! converted to eStargz by `ctr-remote` is pulled lazily with `ctr-remote image rpull` (its layers become
-//! FUSE mounts in skiffd, their blobs never enter containerd's content store, the registry serves only a
-//! fraction of their bytes) and runs with `ctr run`; the same image unconverted (plain gzip) falls back to
-//! an ordinary unpack through the same snapshotter and runs too. Removing the images unmounts the layers.
+//! End to end: a real containerd 1.6 with skiffd as its `proxy_plugins` snapshotter `skiff`.
+//!
+//! Images are pulled **through containerd** by `skiff image rpull --containerd SOCK` (and, to keep both
+//! clients covered, by stargz-snapshotter's `ctr-remote image rpull`): layers converted to eStargz or
+//! zstd:chunked by `ctr-remote` become FUSE mounts in skiffd, their blobs never enter containerd's content
+//! store, the registry serves only a fraction of their bytes, and `ctr run` starts containers on them. The
+//! same image unconverted (plain gzip) falls back to an ordinary unpack by containerd through the same
+//! snapshotter. Removing the images unmounts the layers; restarting skiffd while containerd keeps running
+//! mounts them again.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use skiff_tests::{
-    convert_estargz, mounts_under, require, wait_until, write_docker_config, write_hosts_toml,
-    Containerd, ContainerdConfig, FaultProxy, ImageSpec, LayerSpec, ProxyPlugin, Registry,
-    RegistryAuth, Skiffd, SkiffdOptions,
+    convert_image, mounts_under, require, wait_until, write_docker_config, write_hosts_toml,
+    Containerd, ContainerdConfig, FaultProxy, ImageSpec, LayerSpec, LazyFormat, MultiPlatformSpec,
+    Platform, ProxyPlugin, Registry, RegistryAuth, Skiffd, SkiffdOptions,
 };
 
 const TOOLS: &[&str] = &[
@@ -92,137 +96,304 @@ fn layer_digests(manifest: &serde_json::Value) -> Result<Vec<(String, u64)>> {
         .collect()
 }
 
-/// `ctr run --rm` of `image` printing `message`, through the snapshotter `skiff`.
-fn run_echo(containerd: &Containerd, image: &str, id: &str, message: &str) -> Result<()> {
-    let output = containerd.ctr_ok(&[
-        "run",
-        "--snapshotter",
-        "skiff",
-        "--rm",
-        image,
-        id,
-        "/bin/echo",
-        message,
-    ])?;
-    ensure!(
-        output.contains(message),
-        "ctr run {image} printed {output:?}, not {message:?}"
-    );
-    Ok(())
+/// A registry with the test image as `plain:1` (gzip) and its lazy conversions, a fault proxy in front
+/// of it counting bytes, skiffd reading through the proxy, and a containerd using skiffd as `skiff`.
+/// Fields drop in order: containerd before skiffd before the registry.
+struct Bed {
+    containerd: Containerd,
+    skiffd: Skiffd,
+    proxy: FaultProxy,
+    registry: Registry,
+    _config_dir: tempfile::TempDir,
 }
 
-fn snapshots(containerd: &Containerd) -> Result<Vec<String>> {
-    Ok(containerd
-        .ctr_ok(&["snapshots", "--snapshotter", "skiff", "ls"])?
-        .lines()
-        .skip(1)
-        .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
-        .collect())
-}
-
-#[test]
-fn containerd_pulls_estargz_lazily_through_skiffd_and_falls_back_for_gzip() -> Result<()> {
-    require(TOOLS)?;
-    let registry = Registry::start(RegistryAuth::Anonymous)?;
-    let image = ImageSpec::new()
-        .busybox()
-        .layer(LayerSpec::new().generated_file("/data/unread.bin", UNREAD_BYTES, 7))
-        .cmd(&["/bin/sh"]);
-    registry.push(&image.build_layout()?, "plain:1")?;
-    // Converted by stargz-snapshotter's own tool, in a containerd of its own (its content store gets
-    // every blob).
-    {
-        let converter = Containerd::start()?;
-        convert_estargz(&converter, &registry.host(), "plain:1", "lazy:1", None)?;
+impl Bed {
+    /// Pushes the image and converts it with `ctr-remote` (in a containerd of its own, whose content store
+    /// gets every blob) to each `(format, repo:tag)`.
+    fn start(conversions: &[(LazyFormat, &str)]) -> Result<Bed> {
+        require(TOOLS)?;
+        let registry = Registry::start(RegistryAuth::Anonymous)?;
+        let image = ImageSpec::new()
+            .busybox()
+            .layer(LayerSpec::new().generated_file("/data/unread.bin", UNREAD_BYTES, 7))
+            .cmd(&["/bin/sh"]);
+        registry.push(&image.build_layout()?, "plain:1")?;
+        {
+            let converter = Containerd::start()?;
+            for (format, tag) in conversions {
+                convert_image(&converter, &registry.host(), "plain:1", tag, None, *format)?;
+            }
+        }
+        let proxy = FaultProxy::in_front_of(&registry)?;
+        let config_dir = tempfile::tempdir()?;
+        let config = skiffd_config(config_dir.path(), &proxy.host())?;
+        let skiffd = Skiffd::start_with(SkiffdOptions {
+            config: Some(config),
+            ..SkiffdOptions::default()
+        })?;
+        let containerd = Containerd::start_with(ContainerdConfig {
+            proxy_plugins: vec![ProxyPlugin::snapshotter("skiff", skiffd.socket())],
+            ..ContainerdConfig::default()
+        })?;
+        Ok(Bed {
+            containerd,
+            skiffd,
+            proxy,
+            registry,
+            _config_dir: config_dir,
+        })
     }
-    let proxy = FaultProxy::in_front_of(&registry)?;
-    let config_dir = tempfile::tempdir()?;
-    let config = skiffd_config(config_dir.path(), &proxy.host())?;
-    let mut skiffd = Skiffd::start_with(SkiffdOptions {
-        config: Some(config),
-        ..SkiffdOptions::default()
-    })?;
-    let containerd = Containerd::start_with(ContainerdConfig {
-        proxy_plugins: vec![ProxyPlugin::snapshotter("skiff", skiffd.socket())],
-        ..ContainerdConfig::default()
-    })?;
-    let result = (|| -> Result<()> {
-        // Lazy pull.
-        let lazy = format!("{}/lazy:1", proxy.host());
-        proxy.reset_counts();
-        containerd.ctr_remote_ok(&[
+
+    /// `REGISTRY-VIA-PROXY/repo:tag`.
+    fn image(&self, tag: &str) -> String {
+        format!("{}/{tag}", self.proxy.host())
+    }
+
+    /// The layers (digest, size) of `tag` as the registry serves them.
+    fn layers(&self, tag: &str) -> Result<Vec<(String, u64)>> {
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&self.registry.raw_manifest(tag)?)?;
+        layer_digests(&manifest)
+    }
+
+    /// `skiff [-n NAMESPACE] image rpull --containerd SOCK --plain-http IMAGE`; returns its stdout.
+    fn skiff_rpull(&self, namespace: &str, image: &str) -> Result<String> {
+        let socket = self.containerd.socket().display().to_string();
+        let output = self.skiffd.skiff_ok(&[
+            "-n",
+            namespace,
             "image",
             "rpull",
+            "--containerd",
+            &socket,
             "--plain-http",
-            "--snapshotter",
-            "skiff",
-            &lazy,
+            image,
         ])?;
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&registry.raw_manifest("lazy:1")?)?;
-        let layers = layer_digests(&manifest)?;
-        let mounts = lazy_mounts_under(skiffd.work_dir())?;
-        for (digest, _) in &layers {
+        eprintln!("skiff -n {namespace} image rpull {image}:\n{output}");
+        Ok(output)
+    }
+
+    fn lazy_mounts(&self) -> Result<Vec<LazyMount>> {
+        lazy_mounts_under(self.skiffd.work_dir())
+    }
+
+    /// Fails unless every layer of `layers` is FUSE-mounted by skiffd (at a snapshot's `fs` dir) exactly
+    /// `copies` times.
+    fn ensure_mounted(&self, layers: &[(String, u64)], copies: usize) -> Result<()> {
+        let mounts = self.lazy_mounts()?;
+        for (digest, _) in layers {
+            let n = mounts.iter().filter(|m| &m.layer_digest == digest).count();
             ensure!(
-                mounts.iter().any(|m| &m.layer_digest == digest),
-                "layer {digest} is not FUSE-mounted by skiffd; mounts: {mounts:?}\nskiffd log:\n{}",
-                skiffd.log()
+                n == copies,
+                "layer {digest} is FUSE-mounted {n} times, not {copies}; mounts: {mounts:?}\nskiffd log:\n{}",
+                self.skiffd.log()
             );
         }
-        ensure!(mounts.len() == layers.len(), "mounts: {mounts:?}");
         ensure!(
             mounts.iter().all(|m| m.mount_point.ends_with("fs")),
             "lazy layers are mounted at their snapshot's fs dir: {mounts:?}"
         );
-        let content = containerd.ctr_ok(&["content", "ls"])?;
-        let blobs: Vec<&str> = content
+        Ok(())
+    }
+
+    /// The digests in containerd's content store of `namespace` (`ctr content ls`).
+    fn content_digests(&self, namespace: &str) -> Result<Vec<String>> {
+        Ok(self
+            .containerd
+            .ctr_ok(&["-n", namespace, "content", "ls"])?
             .lines()
             .skip(1)
-            .filter_map(|line| line.split_whitespace().next())
-            .collect();
-        for (digest, _) in &layers {
-            ensure!(
-                !blobs.contains(&digest.as_str()),
-                "layer blob {digest} entered containerd's content store:\n{content}"
-            );
-        }
-        let total: u64 = layers.iter().map(|(_, size)| size).sum();
-        let after_pull = proxy.bytes_matching("/blobs/");
-        ensure!(
-            after_pull * 10 < total,
-            "the lazy pull fetched {after_pull} of {total} layer bytes"
-        );
+            .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+            .collect())
+    }
 
-        run_echo(&containerd, &lazy, "lazy-echo", "hello from a lazy layer")?;
-        let after_run = proxy.bytes_matching("/blobs/");
-        ensure!(
-            after_run * 10 < total,
-            "pull and run fetched {after_run} of {total} layer bytes"
-        );
-        eprintln!("lazy pull: {after_pull} bytes, after run: {after_run} of {total} layer bytes");
+    /// `ctr -n NAMESPACE run --rm` of `image` printing `message`, through the snapshotter `skiff`.
+    fn run_echo(&self, namespace: &str, image: &str, id: &str, message: &str) -> Result<()> {
+        self.run_expect(namespace, image, id, &["/bin/echo", message], message)
+    }
 
-        // Fallback: the plain gzip image, asked for with the remote labels, is unpacked by containerd.
-        let plain = format!("{}/plain:1", proxy.host());
-        containerd.ctr_remote_ok(&[
-            "image",
-            "rpull",
-            "--plain-http",
+    /// `ctr -n NAMESPACE run --rm --snapshotter skiff IMAGE ID COMMAND…`; fails unless it prints `expected`.
+    fn run_expect(
+        &self,
+        namespace: &str,
+        image: &str,
+        id: &str,
+        command: &[&str],
+        expected: &str,
+    ) -> Result<()> {
+        let mut args = vec![
+            "-n",
+            namespace,
+            "run",
             "--snapshotter",
             "skiff",
-            &plain,
-        ])?;
+            "--rm",
+            image,
+            id,
+        ];
+        args.extend_from_slice(command);
+        let output = self.containerd.ctr_ok(&args)?;
         ensure!(
-            lazy_mounts_under(skiffd.work_dir())?.len() == layers.len(),
+            output.contains(expected),
+            "ctr run {image} printed {output:?}, not {expected:?}"
+        );
+        Ok(())
+    }
+
+    fn snapshots(&self, namespace: &str) -> Result<Vec<String>> {
+        Ok(self
+            .containerd
+            .ctr_ok(&["-n", namespace, "snapshots", "--snapshotter", "skiff", "ls"])?
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+            .collect())
+    }
+
+    /// Waits until containerd has removed every skiff snapshot of `namespaces`, then fails if a lazy mount
+    /// is left.
+    fn wait_for_no_snapshots(&self, namespaces: &[&str]) -> Result<()> {
+        wait_until(
+            "containerd to remove the skiff snapshots",
+            Duration::from_secs(30),
+            || {
+                for namespace in namespaces {
+                    if !self.snapshots(namespace)?.is_empty() {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            },
+        )?;
+        let left = self.lazy_mounts()?;
+        ensure!(left.is_empty(), "lazy mounts left after removal: {left:?}");
+        Ok(())
+    }
+
+    /// Stops containerd and skiffd, then fails if `result` did (with skiffd's log) or if a mount is left.
+    fn finish(self, result: Result<()>) -> Result<()> {
+        let Bed {
+            containerd,
+            mut skiffd,
+            ..
+        } = self;
+        drop(containerd);
+        skiffd.stop();
+        let log = skiffd.log();
+        let mounts = mounts_under(skiffd.work_dir());
+        result.with_context(|| format!("skiffd log:\n{log}"))?;
+        ensure!(
+            mounts.is_empty(),
+            "mounts left after skiffd stopped: {mounts:?}"
+        );
+        Ok(())
+    }
+}
+
+/// Fails unless `skiff image rpull` printed one line per layer with `outcome`.
+fn ensure_outcomes(output: &str, layers: &[(String, u64)], outcome: &str) -> Result<()> {
+    for (digest, _) in layers {
+        ensure!(
+            output
+                .lines()
+                .any(|line| line.contains(digest.as_str()) && line.ends_with(outcome)),
+            "rpull did not report layer {digest} as {outcome:?}:\n{output}"
+        );
+    }
+    Ok(())
+}
+
+/// Fails if a layer blob is in containerd's content store of `namespace`.
+fn ensure_no_layer_blobs(bed: &Bed, namespace: &str, layers: &[(String, u64)]) -> Result<()> {
+    let blobs = bed.content_digests(namespace)?;
+    for (digest, _) in layers {
+        ensure!(
+            !blobs.contains(digest),
+            "layer blob {digest} entered containerd's content store: {blobs:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Fails unless the registry served under 10 % of the layers' bytes since the last reset.
+fn ensure_few_bytes(bed: &Bed, layers: &[(String, u64)], what: &str) -> Result<u64> {
+    let total: u64 = layers.iter().map(|(_, size)| size).sum();
+    let fetched = bed.proxy.bytes_matching("/blobs/");
+    ensure!(
+        fetched * 10 < total,
+        "{what} fetched {fetched} of {total} layer bytes"
+    );
+    eprintln!("{what}: {fetched} of {total} layer bytes");
+    Ok(fetched)
+}
+
+#[test]
+fn skiff_rpull_pulls_estargz_lazily_through_containerd_and_falls_back_for_gzip() -> Result<()> {
+    let bed = Bed::start(&[(LazyFormat::Estargz, "lazy:1")])?;
+    let result = (|| -> Result<()> {
+        // Lazy pull through containerd by skiff's own client.
+        let lazy = bed.image("lazy:1");
+        let layers = bed.layers("lazy:1")?;
+        bed.proxy.reset_counts();
+        let output = bed.skiff_rpull("default", &lazy)?;
+        ensure_outcomes(&output, &layers, "lazy (remote)")?;
+        bed.ensure_mounted(&layers, 1)?;
+        ensure_no_layer_blobs(&bed, "default", &layers)?;
+        let manifest_digest = bed.containerd.image_digest(&lazy)?;
+        ensure!(
+            bed.content_digests("default")?.contains(&manifest_digest),
+            "the manifest {manifest_digest} is not in containerd's content store"
+        );
+        ensure_few_bytes(&bed, &layers, "skiff image rpull (eStargz)")?;
+        // The config names the top snapshot for the garbage collector; the pull's lease is gone.
+        let content = bed.containerd.ctr_ok(&["content", "ls"])?;
+        ensure!(
+            content
+                .lines()
+                .any(|line| line.contains("containerd.io/gc.ref.snapshot.skiff=sha256:")),
+            "no config labelled with its snapshot:\n{content}"
+        );
+        let leases = bed.containerd.ctr_ok(&["leases", "ls", "-q"])?;
+        ensure!(leases.trim().is_empty(), "leases left: {leases}");
+        bed.run_echo("default", &lazy, "lazy-echo", "hello from a lazy layer")?;
+        ensure_few_bytes(&bed, &layers, "rpull and run (eStargz)")?;
+
+        // Fallback: the plain gzip image through the same command is unpacked by containerd.
+        let plain = bed.image("plain:1");
+        let plain_layers = bed.layers("plain:1")?;
+        let output = bed.skiff_rpull("default", &plain)?;
+        ensure_outcomes(&output, &plain_layers, "unpacked")?;
+        let blobs = bed.content_digests("default")?;
+        for (digest, _) in &plain_layers {
+            ensure!(
+                blobs.contains(digest),
+                "the gzip layer {digest} is not in containerd's content store: {blobs:?}"
+            );
+        }
+        bed.ensure_mounted(&layers, 1)?;
+        ensure!(
+            bed.lazy_mounts()?.len() == layers.len(),
             "a plain layer was mounted lazily"
         );
-        run_echo(
-            &containerd,
+        bed.run_echo(
+            "default",
             &plain,
             "plain-echo",
             "hello from an unpacked layer",
         )?;
+        // A second rpull finds every layer in place.
+        let again = bed.skiff_rpull("default", &lazy)?;
+        ensure_outcomes(&again, &layers, "already present")?;
+
+        // Another namespace: containerd finds skiffd's committed layers by their chain id labels and
+        // shares them (no second mount).
+        let output = bed.skiff_rpull("other", &lazy)?;
+        ensure_outcomes(&output, &layers, "lazy (remote)")?;
+        bed.ensure_mounted(&layers, 1)?;
+        ensure_no_layer_blobs(&bed, "other", &layers)?;
+        bed.run_echo("other", &lazy, "other-echo", "hello from another namespace")?;
         // And without any remote labels, as plain `ctr image pull` does (same chain ids: nothing to do).
-        containerd.ctr_ok(&[
+        bed.containerd.ctr_ok(&[
             "image",
             "pull",
             "--plain-http",
@@ -232,24 +403,171 @@ fn containerd_pulls_estargz_lazily_through_skiffd_and_falls_back_for_gzip() -> R
         ])?;
 
         // Removing the images removes their snapshots (synchronous GC), which unmounts the layers.
-        containerd.ctr_ok(&["images", "rm", "--sync", &lazy, &plain])?;
-        wait_until(
-            "containerd to remove the skiff snapshots",
-            Duration::from_secs(30),
-            || Ok(snapshots(&containerd)?.is_empty()),
-        )?;
-        let left = lazy_mounts_under(skiffd.work_dir())?;
-        ensure!(left.is_empty(), "lazy mounts left after removal: {left:?}");
+        bed.containerd
+            .ctr_ok(&["images", "rm", "--sync", &lazy, &plain])?;
+        bed.containerd
+            .ctr_ok(&["-n", "other", "images", "rm", "--sync", &lazy])?;
+        bed.wait_for_no_snapshots(&["default", "other"])?;
+
+        // stargz-snapshotter's own client (its `remote/stargz.*` labels) mounts them afresh.
+        bed.proxy.reset_counts();
+        bed.containerd.ctr_remote_ok(&[
+            "image",
+            "rpull",
+            "--plain-http",
+            "--snapshotter",
+            "skiff",
+            &lazy,
+        ])?;
+        bed.ensure_mounted(&layers, 1)?;
+        ensure_no_layer_blobs(&bed, "default", &layers)?;
+        ensure_few_bytes(&bed, &layers, "ctr-remote image rpull (eStargz)")?;
+        bed.run_echo("default", &lazy, "stargz-echo", "hello from ctr-remote")?;
+        bed.containerd.ctr_ok(&["images", "rm", "--sync", &lazy])?;
+        bed.wait_for_no_snapshots(&["default"])?;
         Ok(())
     })();
-    let skiffd_log = skiffd.log();
-    drop(containerd);
-    skiffd.stop();
-    let mounts = mounts_under(skiffd.work_dir());
-    result.with_context(|| format!("skiffd log:\n{skiffd_log}"))?;
-    ensure!(
-        mounts.is_empty(),
-        "mounts left after skiffd stopped: {mounts:?}"
-    );
-    Ok(())
+    bed.finish(result)
+}
+
+#[test]
+fn skiff_rpull_pulls_zstd_chunked_and_index_images_through_containerd() -> Result<()> {
+    let bed = Bed::start(&[(LazyFormat::ZstdChunked, "zstd:1")])?;
+    let result = (|| -> Result<()> {
+        let image = bed.image("zstd:1");
+        let layers = bed.layers("zstd:1")?;
+        bed.proxy.reset_counts();
+        let output = bed.skiff_rpull("default", &image)?;
+        ensure_outcomes(&output, &layers, "lazy (remote)")?;
+        bed.ensure_mounted(&layers, 1)?;
+        ensure_no_layer_blobs(&bed, "default", &layers)?;
+        ensure_few_bytes(&bed, &layers, "skiff image rpull (zstd:chunked)")?;
+        bed.run_echo("default", &image, "zstd-echo", "hello from zstd:chunked")?;
+        ensure_few_bytes(&bed, &layers, "rpull and run (zstd:chunked)")?;
+
+        // A multi-platform index: the host's manifest is chosen, the index kept alive with it.
+        let host = Platform::host();
+        let index = MultiPlatformSpec::new()
+            .image(
+                ImageSpec::new()
+                    .platform(host.clone())
+                    .busybox()
+                    .layer(LayerSpec::new().file("/platform.txt", "host\n")),
+            )
+            .image(
+                ImageSpec::new()
+                    .platform(Platform::foreign())
+                    .layer(LayerSpec::new().file("/platform.txt", "foreign\n")),
+            )
+            .build_layout()?;
+        let index_digest = bed.registry.push(&index, "multi:1")?;
+        let multi = bed.image("multi:1");
+        let output = bed.skiff_rpull("default", &multi)?;
+        ensure!(
+            output.contains(&index_digest),
+            "rpull did not resolve the index {index_digest}:\n{output}"
+        );
+        ensure!(
+            bed.containerd.image_digest(&multi)? == index_digest,
+            "the image record does not point at the index"
+        );
+        let content = bed.containerd.ctr_ok(&["content", "ls"])?;
+        ensure!(
+            content.lines().any(|line| line.starts_with(&index_digest)
+                && line.contains("containerd.io/gc.ref.content.m.")),
+            "the index is not in containerd's content store with its manifest label:\n{content}"
+        );
+        bed.run_expect(
+            "default",
+            &multi,
+            "multi-cat",
+            &["/bin/cat", "/platform.txt"],
+            "host",
+        )?;
+
+        // Errors name what went wrong and leave no image behind.
+        let missing = bed.image("zstd:missing");
+        let socket = bed.containerd.socket().display().to_string();
+        let failed = bed.skiffd.skiff(&[
+            "image",
+            "rpull",
+            "--containerd",
+            &socket,
+            "--plain-http",
+            &missing,
+        ])?;
+        let stderr = String::from_utf8_lossy(&failed.stderr);
+        ensure!(
+            !failed.status.success() && stderr.contains("not found") && stderr.contains(&missing),
+            "rpull of a missing tag: {failed:?}"
+        );
+        ensure!(
+            !bed.containerd
+                .ctr_ok(&["images", "ls", "-q"])?
+                .contains(&missing),
+            "a failed rpull left an image record"
+        );
+        let nowhere = bed.skiffd.work_dir().join("no-containerd.sock");
+        let failed = bed.skiffd.skiff(&[
+            "image",
+            "rpull",
+            "--containerd",
+            &nowhere.display().to_string(),
+            "--plain-http",
+            &image,
+        ])?;
+        let stderr = String::from_utf8_lossy(&failed.stderr);
+        ensure!(
+            !failed.status.success() && stderr.contains("cannot connect to containerd"),
+            "rpull without containerd: {failed:?}"
+        );
+        Ok(())
+    })();
+    bed.finish(result)
+}
+
+#[test]
+fn rpulled_lazy_layers_survive_a_skiffd_restart() -> Result<()> {
+    let mut bed = Bed::start(&[(LazyFormat::Estargz, "lazy:1")])?;
+    let result = (|| -> Result<()> {
+        let image = bed.image("lazy:1");
+        let layers = bed.layers("lazy:1")?;
+        let output = bed.skiff_rpull("default", &image)?;
+        ensure_outcomes(&output, &layers, "lazy (remote)")?;
+        bed.ensure_mounted(&layers, 1)?;
+        let before: Vec<PathBuf> = bed
+            .lazy_mounts()?
+            .into_iter()
+            .map(|m| m.mount_point)
+            .collect();
+
+        // SIGTERM unmounts everything; containerd keeps running and reconnects to the same socket.
+        bed.skiffd.restart()?;
+        bed.ensure_mounted(&layers, 1)?;
+        let mut after: Vec<PathBuf> = bed
+            .lazy_mounts()?
+            .into_iter()
+            .map(|m| m.mount_point)
+            .collect();
+        let mut before = before;
+        before.sort();
+        after.sort();
+        ensure!(
+            before == after,
+            "the layers came back elsewhere: {before:?} -> {after:?}"
+        );
+        // containerd's gRPC channel to the proxy snapshotter reconnects with backoff after the refused
+        // connections of the restart window; until then its calls fail as `unavailable`.
+        wait_until(
+            "containerd to reach the restarted skiffd",
+            Duration::from_secs(60),
+            || Ok(bed.snapshots("default").is_ok()),
+        )?;
+        bed.run_echo("default", &image, "restart-echo", "hello after a restart")?;
+        // containerd still sees the unpacked image: a second rpull has nothing to do.
+        let again = bed.skiff_rpull("default", &image)?;
+        ensure_outcomes(&again, &layers, "already present")?;
+        Ok(())
+    })();
+    bed.finish(result)
 }
