@@ -7,6 +7,7 @@
 
 pub mod overlayfs;
 pub mod ready;
+pub mod skiff_containerd;
 pub mod workloads;
 
 use std::time::Duration;
@@ -63,4 +64,41 @@ pub fn drop_caches() -> Result<()> {
     nix::unistd::sync();
     std::fs::write("/proc/sys/vm/drop_caches", "3")
         .map_err(|e| anyhow::anyhow!("drop the page cache (needs root): {e}"))
+}
+
+/// `ctr container create [--snapshotter S] REF ID -- COMMAND` and `ctr task start ID` until the ready line,
+/// then the container is killed and removed (the image stays). Returns (create, run) times.
+pub fn ctr_create_and_run(
+    containerd: &skiff_tests::Containerd,
+    snapshotter: Option<&str>,
+    reference: &str,
+    id: &str,
+    workload: &Workload,
+) -> Result<(Duration, Duration)> {
+    let started = std::time::Instant::now();
+    let mut create = vec!["container", "create"];
+    if let Some(snapshotter) = snapshotter {
+        create.extend(["--snapshotter", snapshotter]);
+    }
+    // `--`: the command's own flags (`sh -c`) are not ctr's.
+    create.extend([reference, id, "--"]);
+    create.extend(workload.command.iter().map(String::as_str));
+    containerd.ctr_ok(&create)?;
+    let create = started.elapsed();
+
+    let outcome = ready::run_until_ready(
+        std::process::Command::new("ctr")
+            .arg("-a")
+            .arg(containerd.socket())
+            .args(["task", "start", id]),
+        &workload.ready,
+        READY_TIMEOUT,
+    );
+    // Whatever happened, the container goes.
+    let _ = containerd.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+    let mut ready = outcome?;
+    let _ = ready.child.wait();
+    let _ = containerd.ctr(&["task", "delete", "-f", id]);
+    containerd.ctr_ok(&["container", "delete", id])?;
+    Ok((create, ready.elapsed))
 }

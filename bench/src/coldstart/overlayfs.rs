@@ -2,14 +2,12 @@
 //! built-in overlayfs snapshotter, `ctr image pull` (a full pull: every layer downloaded and unpacked),
 //! `ctr container create`, `ctr task start` until the ready line.
 
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use skiff_tests::Containerd;
 
-use super::ready::run_until_ready;
-use super::{drop_caches, Mode, StartTimes, Temperature, Workload, READY_TIMEOUT};
+use super::{ctr_create_and_run, drop_caches, Mode, StartTimes, Temperature, Workload};
 
 /// containerd + overlayfs; a cold start gets a new containerd.
 #[derive(Default)]
@@ -46,31 +44,7 @@ impl Mode for OverlayfsMode {
         containerd.ctr_ok(&["image", "pull", "--plain-http", reference])?;
         let pull = started.elapsed();
 
-        let started = Instant::now();
-        // `--`: the command's own flags (`sh -c`) are not ctr's.
-        let mut create = vec!["container", "create", reference, id, "--"];
-        create.extend(workload.command.iter().map(String::as_str));
-        containerd.ctr_ok(&create)?;
-        let create = started.elapsed();
-
-        let outcome = run_until_ready(
-            Command::new("ctr")
-                .arg("-a")
-                .arg(containerd.socket())
-                .args(["task", "start", id]),
-            &workload.ready,
-            READY_TIMEOUT,
-        );
-        // Whatever happened, the container goes (the image stays for a warm start).
-        let _ = containerd.ctr(&["task", "kill", "-s", "SIGKILL", id]);
-        let mut ready = outcome?;
-        let _ = ready.child.wait();
-        let _ = containerd.ctr(&["task", "delete", "-f", id]);
-        containerd.ctr_ok(&["container", "delete", id])?;
-        Ok(StartTimes {
-            pull,
-            create,
-            run: ready.elapsed,
-        })
+        let (create, run) = ctr_create_and_run(containerd, None, reference, id, workload)?;
+        Ok(StartTimes { pull, create, run })
     }
 }

@@ -1,0 +1,136 @@
+//! skiff as containerd's remote snapshotter: a fresh skiffd (own root, so an empty chunk cache) and a
+//! fresh containerd with skiffd as its `proxy_plugins` snapshotter `skiff` per cold start; `skiff image
+//! rpull --containerd` (lazy for eStargz and zstd:chunked layers, unpacked by containerd otherwise),
+//! `ctr container create --snapshotter skiff`, `ctr task start` until the ready line.
+//!
+//! skiffd reads lazy layers with its own registry settings: the mode writes a `hosts.toml` naming the
+//! benchmark registry's host as plain HTTP.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use skiff_tests::{
+    cargo_bin, write_docker_config, write_hosts_toml, Containerd, ContainerdConfig, ProxyPlugin,
+    Skiffd, SkiffdOptions,
+};
+use tempfile::TempDir;
+
+use super::{ctr_create_and_run, drop_caches, Mode, StartTimes, Temperature, Workload};
+
+/// The daemons of one cold start; dropped in order: containerd (its tasks and mounts) before skiffd.
+struct Daemons {
+    containerd: Containerd,
+    skiffd: Skiffd,
+    _config: TempDir,
+}
+
+/// containerd + skiffd as proxy snapshotter.
+pub struct SkiffContainerdMode {
+    /// Fetch the rest of each layer in the background (skiffd's default); off measures on-demand reads
+    /// alone.
+    background_fetch: bool,
+    daemons: Option<Daemons>,
+}
+
+impl SkiffContainerdMode {
+    pub fn new(background_fetch: bool) -> Self {
+        SkiffContainerdMode {
+            background_fetch,
+            daemons: None,
+        }
+    }
+
+    fn start_daemons(&self, registry_host: &str) -> Result<Daemons> {
+        let config = tempfile::Builder::new()
+            .prefix("skiff-bench-config-")
+            .tempdir()?;
+        let path = skiffd_config(config.path(), registry_host, self.background_fetch)?;
+        let skiffd = Skiffd::start_with(SkiffdOptions {
+            config: Some(path),
+            ..SkiffdOptions::default()
+        })?;
+        let containerd = Containerd::start_with(ContainerdConfig {
+            proxy_plugins: vec![ProxyPlugin::snapshotter("skiff", skiffd.socket())],
+            ..ContainerdConfig::default()
+        })?;
+        Ok(Daemons {
+            containerd,
+            skiffd,
+            _config: config,
+        })
+    }
+}
+
+/// skiffd's config: plain HTTP to `host`, no credentials, background fetching as asked.
+fn skiffd_config(dir: &Path, host: &str, background_fetch: bool) -> Result<PathBuf> {
+    let certs_d = dir.join("certs.d");
+    write_hosts_toml(&certs_d, host, Some(&format!("http://{host}")), &[])?;
+    let docker_config = write_docker_config(&dir.join("docker"), &[])?;
+    let mut text = toml::map::Map::new();
+    let mut registry = toml::map::Map::new();
+    registry.insert("config_path".into(), certs_d.display().to_string().into());
+    registry.insert(
+        "docker_config".into(),
+        docker_config.display().to_string().into(),
+    );
+    text.insert("registry".into(), registry.into());
+    if !background_fetch {
+        let mut lazy = toml::map::Map::new();
+        lazy.insert("background_parallel_requests".into(), 0.into());
+        text.insert("lazy".into(), lazy.into());
+    }
+    let path = dir.join("skiffd.toml");
+    std::fs::write(&path, toml::to_string(&text)?)?;
+    Ok(path)
+}
+
+impl Mode for SkiffContainerdMode {
+    fn name(&self) -> &'static str {
+        "skiff-containerd"
+    }
+
+    fn start(
+        &mut self,
+        reference: &str,
+        workload: &Workload,
+        id: &str,
+        temperature: Temperature,
+    ) -> Result<StartTimes> {
+        if temperature == Temperature::Cold || self.daemons.is_none() {
+            self.daemons = None;
+            let host = reference
+                .split_once('/')
+                .map(|(host, _)| host)
+                .context("reference without a registry host")?;
+            self.daemons = Some(self.start_daemons(host)?);
+            drop_caches()?;
+        }
+        let daemons = self.daemons.as_ref().context("daemons")?;
+        let containerd = &daemons.containerd;
+
+        let started = Instant::now();
+        let output = Command::new(cargo_bin("skiff")?)
+            .arg("image")
+            .arg("rpull")
+            .arg("--containerd")
+            .arg(containerd.socket())
+            .arg("--plain-http")
+            .arg(reference)
+            .output()
+            .context("run skiff image rpull")?;
+        if !output.status.success() {
+            bail!(
+                "skiff image rpull {reference} failed ({}): {}\nskiffd log:\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim_end(),
+                daemons.skiffd.log()
+            );
+        }
+        let pull = started.elapsed();
+
+        let (create, run) = ctr_create_and_run(containerd, Some("skiff"), reference, id, workload)?;
+        Ok(StartTimes { pull, create, run })
+    }
+}

@@ -1,0 +1,68 @@
+//! The skiff-containerd mode end to end: an eStargz image (converted by `ctr-remote`) behind a shaped
+//! link, a fresh skiffd + containerd per cold start, `skiff image rpull`, `ctr` create/start until the
+//! ready line. With background fetching off, the start reads only what the command needs: far less than
+//! the image.
+
+use std::net::SocketAddr;
+
+use skiff_bench::coldstart::skiff_containerd::SkiffContainerdMode;
+use skiff_bench::coldstart::{workloads, Mode, Temperature};
+use skiff_bench::link::{Profile, ShapedLink};
+use skiff_tests::{
+    convert_estargz, require, Containerd, ImageSpec, LayerSpec, Registry, RegistryAuth,
+};
+
+const UNREAD: usize = 16 << 20;
+
+#[test]
+fn a_lazy_cold_start_through_containerd_and_skiffd() -> anyhow::Result<()> {
+    require(&[
+        "root",
+        "/dev/fuse",
+        "docker-registry",
+        "skopeo",
+        "containerd",
+        "ctr",
+        "ctr-remote",
+        "runc",
+    ])?;
+    let registry = Registry::start(RegistryAuth::Anonymous)?;
+    let image = ImageSpec::new()
+        .busybox()
+        .layer(LayerSpec::new().generated_file("/data/unread.bin", UNREAD, 9))
+        .cmd(&["/bin/sh"]);
+    registry.push(&image.build_layout()?, "bb:org")?;
+    {
+        let converter = Containerd::start()?;
+        convert_estargz(&converter, &registry.host(), "bb:org", "bb:esgz", None)?;
+    }
+    let workload = workloads::parse(
+        r#"
+[[workload]]
+image = "bb"
+variants = ["esgz"]
+command = ["/bin/sh", "-c", "echo ready; sleep 60"]
+ready = "^ready$"
+"#,
+    )?
+    .remove(0);
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let upstream: SocketAddr = registry.host().parse()?;
+    let link = runtime.block_on(ShapedLink::start(upstream, Profile::NONE))?;
+    let reference = format!("{}/{}", link.addr(), workload.reference("esgz"));
+    let mut mode = SkiffContainerdMode::new(false);
+    let before = link.stats();
+    let cold = mode.start(&reference, &workload, "lazy-1", Temperature::Cold)?;
+    let fetched = (link.stats() - before).downstream_bytes;
+    assert!(!cold.run.is_zero() && !cold.pull.is_zero(), "{cold:?}");
+    assert!(
+        fetched > 0 && fetched * 4 < UNREAD as u64,
+        "a lazy start fetched {fetched} bytes of an image with {UNREAD} unread bytes"
+    );
+    let warm = mode.start(&reference, &workload, "lazy-2", Temperature::Warm)?;
+    assert!(!warm.run.is_zero());
+    drop(mode);
+    drop(link);
+    Ok(())
+}
