@@ -73,17 +73,27 @@ impl LinkMeasurement {
 }
 
 pub fn run(args: &LinkCheckArgs, runtime: &Handle) -> Result<()> {
-    skiff_tests::require(&["docker-registry"])?;
-    let registry = Registry::start(RegistryAuth::Anonymous)?;
-    let blob = generated_bytes(11, args.blob_mib << 20);
-    let digest = upload_blob(runtime, &registry.url(), "link-check", &blob)?;
-    let upstream: SocketAddr = registry.host().parse().context("registry address")?;
-    let measurement = runtime.block_on(async {
-        let link = ShapedLink::start(upstream, args.profile).await?;
-        measure(&link, upstream, "link-check", &digest, args.ranges).await
-    })?;
+    let measurement = check_profile(args.profile, args.blob_mib, args.ranges, runtime)?;
     println!("{}", measurement.report());
     Ok(())
+}
+
+/// Measures `profile` with a throwaway docker-registry holding one `blob_mib` MiB blob.
+pub fn check_profile(
+    profile: Profile,
+    blob_mib: usize,
+    ranges: usize,
+    runtime: &Handle,
+) -> Result<LinkMeasurement> {
+    skiff_tests::require(&["docker-registry"])?;
+    let registry = Registry::start(RegistryAuth::Anonymous)?;
+    let blob = generated_bytes(11, blob_mib << 20);
+    let digest = upload_blob(runtime, &registry.url(), "link-check", &blob)?;
+    let upstream: SocketAddr = registry.host().parse().context("registry address")?;
+    runtime.block_on(async {
+        let link = ShapedLink::start(upstream, profile).await?;
+        measure(&link, upstream, "link-check", &digest, ranges).await
+    })
 }
 
 /// Pushes `blob` to `repository` with a monolithic upload (POST, then PUT with the digest); returns the

@@ -19,6 +19,9 @@ enum Command {
     /// Checks a shaped network link: a whole-blob GET and small Range GETs from a real registry through
     /// the profile's rate and round-trip time, against what the profile predicts.
     LinkCheck(skiff_bench::link_check::LinkCheckArgs),
+    /// Cold starts: every workload's image variants in every mode, cold and warm, through a shaped link
+    /// in front of a registry; a table, results.csv (and results.json).
+    Run(skiff_bench::coldstart::run::RunArgs),
 }
 
 fn main() -> Result<()> {
@@ -30,5 +33,6 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Fuse(args) => skiff_bench::fuse_micro::run(&args, runtime.handle()),
         Command::LinkCheck(args) => skiff_bench::link_check::run(&args, runtime.handle()),
+        Command::Run(args) => skiff_bench::coldstart::run::run(&args, runtime.handle()),
     }
 }

@@ -58,6 +58,7 @@ pub struct Registry {
     port: u16,
     /// The CA certificate (PEM file) that signed the registry's TLS certificate, when it serves HTTPS.
     ca_pem: Option<PathBuf>,
+    storage: PathBuf,
     dir: TempDir,
 }
 
@@ -104,12 +105,28 @@ impl Registry {
         Self::start_with(auth, true)
     }
 
+    /// An anonymous plain-HTTP registry serving an existing storage directory (as another registry, or
+    /// `skiff-bench corpus push`, filled it); its config and logs go to a temp dir of its own.
+    pub fn serve_storage(storage: &Path) -> Result<Self> {
+        if !storage.is_dir() {
+            anyhow::bail!("registry storage {} is not a directory", storage.display());
+        }
+        Self::start_in(RegistryAuth::Anonymous, false, Some(storage))
+    }
+
     fn start_with(auth: RegistryAuth, tls: bool) -> Result<Self> {
+        Self::start_in(auth, tls, None)
+    }
+
+    fn start_in(auth: RegistryAuth, tls: bool, storage: Option<&Path>) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("skiff-registry-")
             .tempdir()
             .context("create registry temp dir")?;
-        let storage = dir.path().join("storage");
+        let storage = match storage {
+            Some(storage) => storage.to_path_buf(),
+            None => dir.path().join("storage"),
+        };
         std::fs::create_dir_all(&storage)?;
         let (auth_config, token_server) = match &auth {
             RegistryAuth::Anonymous => (None, None),
@@ -196,6 +213,7 @@ impl Registry {
                         auth,
                         port,
                         ca_pem: tls.map(|t| t.ca),
+                        storage,
                         dir,
                     })
                 }
@@ -206,6 +224,11 @@ impl Registry {
             }
         }
         Err(last_error.expect("at least one attempt")).context("start docker-registry")
+    }
+
+    /// The filesystem storage root (`docker/registry/v2/...` lives below it).
+    pub fn storage_dir(&self) -> &Path {
+        &self.storage
     }
 
     /// `127.0.0.1:PORT`, the registry part of image references.
@@ -235,11 +258,6 @@ impl Registry {
     /// `127.0.0.1:PORT/` + `repo_and_tag`, e.g. `reference("app:v1")`.
     pub fn reference(&self, repo_and_tag: &str) -> String {
         format!("{}/{repo_and_tag}", self.host())
-    }
-
-    /// The filesystem storage root (`docker/registry/v2/...` lives below it).
-    pub fn storage_dir(&self) -> PathBuf {
-        self.dir.path().join("storage")
     }
 
     /// The directory holding config, logs and storage; removed on drop.

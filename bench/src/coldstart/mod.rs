@@ -7,6 +7,7 @@
 
 pub mod overlayfs;
 pub mod ready;
+pub mod run;
 pub mod skiff_containerd;
 pub mod workloads;
 

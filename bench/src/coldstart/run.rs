@@ -1,0 +1,263 @@
+//! `skiff-bench run`: every workload × variant × mode, cold and warm, N times, through a shaped link in
+//! front of a docker-registry serving `--registry-dir`; a table on stdout, `results.csv` (and with
+//! `--json`, `results.json`) in `--out`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+use skiff_tests::Registry;
+use tokio::runtime::Handle;
+
+use super::overlayfs::OverlayfsMode;
+use super::skiff_containerd::SkiffContainerdMode;
+use super::{workloads, Mode, Temperature};
+use crate::link::{Profile, ShapedLink};
+
+/// The modes `--modes` may name.
+pub const MODES: [&str; 2] = ["overlayfs", "skiff-containerd"];
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Network profile between the registry and everything else: lan, wan, slow or none.
+    #[arg(long, default_value = "wan")]
+    pub profile: Profile,
+    /// The workloads file.
+    #[arg(long, default_value = "bench/workloads.toml")]
+    pub workloads: PathBuf,
+    /// A docker-registry storage directory holding the workload images (as `corpus push` fills it).
+    #[arg(long)]
+    pub registry_dir: PathBuf,
+    /// Comma-separated modes.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "overlayfs,skiff-containerd"
+    )]
+    pub modes: Vec<String>,
+    /// Cold and warm starts per image variant and mode.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Where results.csv (and results.json) go.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+    /// Also write results.json.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One start: a row of results.csv.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub image: String,
+    pub variant: String,
+    pub mode: String,
+    pub profile: String,
+    pub run: usize,
+    pub temperature: &'static str,
+    pub pull_s: f64,
+    pub create_s: f64,
+    pub run_s: f64,
+    pub total_s: f64,
+    /// Bytes the registry sent during the start (counted on the link).
+    pub registry_bytes: u64,
+}
+
+fn make_mode(name: &str) -> Result<Box<dyn Mode>> {
+    Ok(match name {
+        "overlayfs" => Box::new(OverlayfsMode::new()),
+        "skiff-containerd" => Box::new(SkiffContainerdMode::new(true)),
+        other => bail!("unknown mode {other:?} (one of {})", MODES.join(", ")),
+    })
+}
+
+pub fn run(args: &RunArgs, runtime: &Handle) -> Result<()> {
+    skiff_tests::require(&["root", "docker-registry", "containerd", "ctr", "runc"])?;
+    let workloads = workloads::load(&args.workloads)?;
+    let mut modes = args
+        .modes
+        .iter()
+        .map(|m| make_mode(m))
+        .collect::<Result<Vec<_>>>()?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
+
+    let check = crate::link_check::check_profile(args.profile, 100, 100, runtime)?;
+    println!("{}", check.report());
+
+    let registry = Registry::serve_storage(&args.registry_dir)?;
+    let upstream: SocketAddr = registry.host().parse()?;
+    let link = runtime.block_on(ShapedLink::start(upstream, args.profile))?;
+    let mut rows = Vec::new();
+    for workload in &workloads {
+        for variant in &workload.variants {
+            let reference = format!("{}/{}", link.addr(), workload.reference(variant));
+            for mode in modes.iter_mut() {
+                for run in 1..=args.runs {
+                    for temperature in [Temperature::Cold, Temperature::Warm] {
+                        let id = format!("bench-{}-{run}", std::process::id());
+                        let before = link.stats();
+                        let times = mode
+                            .start(&reference, workload, &id, temperature)
+                            .with_context(|| {
+                                format!("{} {reference} run {run} ({temperature:?})", mode.name())
+                            })?;
+                        let bytes = (link.stats() - before).downstream_bytes;
+                        let row = Row {
+                            image: workload.image.clone(),
+                            variant: variant.clone(),
+                            mode: mode.name().to_owned(),
+                            profile: args.profile.name.to_owned(),
+                            run,
+                            temperature: match temperature {
+                                Temperature::Cold => "cold",
+                                Temperature::Warm => "warm",
+                            },
+                            pull_s: times.pull.as_secs_f64(),
+                            create_s: times.create.as_secs_f64(),
+                            run_s: times.run.as_secs_f64(),
+                            total_s: times.total().as_secs_f64(),
+                            registry_bytes: bytes,
+                        };
+                        eprintln!(
+                            "{}:{} {} run {run} {}: {:.2} s, {} bytes",
+                            row.image, row.variant, row.mode, row.temperature, row.total_s, bytes
+                        );
+                        rows.push(row);
+                    }
+                }
+            }
+        }
+    }
+    drop(modes);
+    write_csv(&args.out.join("results.csv"), &rows)?;
+    if args.json {
+        std::fs::write(
+            args.out.join("results.json"),
+            serde_json::to_vec_pretty(&rows)?,
+        )?;
+    }
+    print!("{}", table(&rows));
+    Ok(())
+}
+
+fn write_csv(path: &std::path::Path, rows: &[Row]) -> Result<()> {
+    let mut writer =
+        csv::Writer::from_path(path).with_context(|| format!("write {}", path.display()))?;
+    for row in rows {
+        writer.serialize(row)?;
+    }
+    writer.flush()?;
+    Ok(())
+}
+
+/// Median, min and max of the total time per image, variant, mode and temperature, with the median
+/// registry bytes and the ratio to the overlayfs baseline's median of the same image and temperature.
+pub fn table(rows: &[Row]) -> String {
+    use std::collections::BTreeMap;
+    let mut groups: BTreeMap<(String, String, &str, String), Vec<&Row>> = BTreeMap::new();
+    for row in rows {
+        groups
+            .entry((
+                row.image.clone(),
+                row.variant.clone(),
+                row.temperature,
+                row.mode.clone(),
+            ))
+            .or_default()
+            .push(row);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let baseline: BTreeMap<(String, &str), f64> = groups
+        .iter()
+        .filter(|((_, variant, _, mode), _)| mode == "overlayfs" && variant == "org")
+        .map(|((image, _, temperature, _), rows)| {
+            (
+                (image.clone(), *temperature),
+                median(rows.iter().map(|r| r.total_s).collect()),
+            )
+        })
+        .collect();
+    let mut out = format!(
+        "{:<12} {:<8} {:<5} {:<17} {:>9} {:>17} {:>12} {:>10}\n",
+        "image", "variant", "temp", "mode", "total s", "min..max", "bytes", "÷ baseline"
+    );
+    for ((image, variant, temperature, mode), rows) in &groups {
+        let totals: Vec<f64> = rows.iter().map(|r| r.total_s).collect();
+        let min = totals.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = totals.iter().copied().fold(0.0, f64::max);
+        let med = median(totals);
+        let bytes = {
+            let mut b: Vec<u64> = rows.iter().map(|r| r.registry_bytes).collect();
+            b.sort();
+            b[b.len() / 2]
+        };
+        let ratio = baseline
+            .get(&(image.clone(), *temperature))
+            .map(|base| format!("{:.2}", med / base))
+            .unwrap_or_else(|| "-".to_owned());
+        out.push_str(&format!(
+            "{image:<12} {variant:<8} {temperature:<5} {mode:<17} {med:>9.2} {:>17} {bytes:>12} {ratio:>10}\n",
+            format!("{min:.2}..{max:.2}"),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(mode: &str, variant: &str, temperature: &'static str, total: f64, bytes: u64) -> Row {
+        Row {
+            image: "py".into(),
+            variant: variant.into(),
+            mode: mode.into(),
+            profile: "wan".into(),
+            run: 1,
+            temperature,
+            pull_s: total / 2.0,
+            create_s: 0.0,
+            run_s: total / 2.0,
+            total_s: total,
+            registry_bytes: bytes,
+        }
+    }
+
+    #[test]
+    fn the_table_gives_medians_and_ratios_to_the_baseline() {
+        let rows = [
+            row("overlayfs", "org", "cold", 10.0, 1000),
+            row("overlayfs", "org", "cold", 12.0, 1000),
+            row("overlayfs", "org", "cold", 30.0, 1000),
+            row("skiff-containerd", "esgz", "cold", 1.0, 100),
+            row("skiff-containerd", "esgz", "cold", 3.0, 300),
+            row("skiff-containerd", "esgz", "cold", 2.0, 200),
+        ];
+        let table = table(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        let skiff = lines
+            .iter()
+            .find(|l| l.contains("skiff-containerd"))
+            .unwrap();
+        // Median 2.0 of 1, 2, 3; ratio to overlayfs's median 12.0.
+        assert!(
+            skiff.contains(" 2.00 ") && skiff.contains("1.00..3.00"),
+            "{skiff}"
+        );
+        assert!(
+            skiff.contains(" 200 ") && skiff.ends_with("0.17"),
+            "{skiff}"
+        );
+        let base = lines.iter().find(|l| l.contains("overlayfs")).unwrap();
+        assert!(
+            base.ends_with("1.00") && base.contains("10.00..30.00"),
+            "{base}"
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! `skiff-bench run` as a user runs it: a registry storage dir holding a plain and an eStargz variant of
+//! an image, a workloads file, both containerd modes, one cold and one warm start each; results.csv has
+//! the pinned columns and a row per start, and the table compares against the overlayfs baseline.
+
+use std::process::Command;
+
+use anyhow::{ensure, Context};
+use skiff_tests::{
+    cargo_bin, convert_estargz, require, Containerd, ImageSpec, LayerSpec, Registry, RegistryAuth,
+};
+
+#[test]
+fn run_writes_a_row_per_start_with_the_pinned_columns() -> anyhow::Result<()> {
+    require(&[
+        "root",
+        "/dev/fuse",
+        "docker-registry",
+        "skopeo",
+        "containerd",
+        "ctr",
+        "ctr-remote",
+        "runc",
+    ])?;
+    let registry = Registry::start(RegistryAuth::Anonymous)?;
+    let image = ImageSpec::new()
+        .busybox()
+        .layer(LayerSpec::new().generated_file("/data/blob.bin", 4 << 20, 3))
+        .cmd(&["/bin/sh"]);
+    registry.push(&image.build_layout()?, "bb:org")?;
+    {
+        let converter = Containerd::start()?;
+        convert_estargz(&converter, &registry.host(), "bb:org", "bb:esgz", None)?;
+    }
+    let dir = tempfile::tempdir()?;
+    let workloads = dir.path().join("workloads.toml");
+    std::fs::write(
+        &workloads,
+        "[[workload]]\nimage = \"bb\"\nvariants = [\"org\", \"esgz\"]\ncommand = [\"/bin/sh\", \"-c\", \"echo ready\"]\nready = \"^ready$\"\n",
+    )?;
+    let out = dir.path().join("out");
+    let output = Command::new(cargo_bin("skiff-bench")?)
+        .args(["run", "--profile", "none", "--runs", "1", "--json"])
+        .arg("--workloads")
+        .arg(&workloads)
+        .arg("--registry-dir")
+        .arg(registry.storage_dir())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .context("run skiff-bench")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success(),
+        "skiff-bench run failed: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    ensure!(stdout.contains("link none"), "no link report:\n{stdout}");
+
+    let csv = std::fs::read_to_string(out.join("results.csv"))?;
+    let mut lines = csv.lines();
+    let header = lines.next().context("empty results.csv")?;
+    for column in [
+        "image",
+        "variant",
+        "mode",
+        "profile",
+        "run",
+        "pull_s",
+        "create_s",
+        "run_s",
+        "total_s",
+        "registry_bytes",
+    ] {
+        ensure!(
+            header.split(',').any(|c| c == column),
+            "results.csv lacks column {column}: {header}"
+        );
+    }
+    let rows: Vec<&str> = lines.collect();
+    // 2 variants × 2 modes × (cold + warm).
+    ensure!(rows.len() == 8, "{} rows:\n{csv}", rows.len());
+    for mode in ["overlayfs", "skiff-containerd"] {
+        for variant in ["org", "esgz"] {
+            ensure!(
+                rows.iter()
+                    .filter(|r| r.contains(&format!(",{variant},{mode},none,")))
+                    .count()
+                    == 2,
+                "no cold and warm rows for {mode} {variant}:\n{csv}"
+            );
+        }
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json"))?)?;
+    ensure!(json.as_array().map(Vec::len) == Some(8));
+    ensure!(
+        stdout.contains("skiff-containerd") && stdout.contains("÷ baseline"),
+        "no table:\n{stdout}"
+    );
+    Ok(())
+}
