@@ -1,6 +1,7 @@
 //! `skiff-bench run` as a user runs it: a registry storage dir holding a plain and an eStargz variant of
 //! an image, a workloads file, both containerd modes, one cold and one warm start each; results.csv has
-//! the pinned columns and a row per start, and the table compares against the overlayfs baseline.
+//! the pinned columns and a row per start, chart.png is drawn, and the table compares against the
+//! overlayfs baseline.
 
 use std::process::Command;
 
@@ -20,6 +21,7 @@ fn run_writes_a_row_per_start_with_the_pinned_columns() -> anyhow::Result<()> {
         "ctr",
         "ctr-remote",
         "runc",
+        skiff_bench::coldstart::chart::FONT,
     ])?;
     let registry = Registry::start(RegistryAuth::Anonymous)?;
     let image = ImageSpec::new()
@@ -94,6 +96,12 @@ fn run_writes_a_row_per_start_with_the_pinned_columns() -> anyhow::Result<()> {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("results.json"))?)?;
     ensure!(json.as_array().map(Vec::len) == Some(8));
+    let png = std::fs::read(out.join("chart.png"))?;
+    ensure!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 2000,
+        "chart.png is not a drawn PNG ({} bytes)",
+        png.len()
+    );
     ensure!(
         stdout.contains("skiff-containerd") && stdout.contains("÷ baseline"),
         "no table:\n{stdout}"

@@ -23,6 +23,10 @@ const KNOWN: &[(&str, &str)] = &[
     ("ip", "apt-get install iproute2"),
     ("tc", "apt-get install iproute2"),
     ("python3", "apt-get install python3"),
+    (
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "apt-get install fonts-dejavu-core",
+    ),
 ];
 
 /// Checks prerequisites and fails with one message listing everything that is missing.
@@ -30,7 +34,7 @@ const KNOWN: &[(&str, &str)] = &[
 /// Each name is a binary looked up on PATH (`docker-registry`, `skopeo`, `containerd`, `ctr`,
 /// `ctr-remote`, `runc`, `htpasswd`, `busybox` …), or one of the special names
 /// `root` (effective uid 0), `/dev/fuse` (present and openable) and `overlayfs`
-/// (listed in /proc/filesystems).
+/// (listed in /proc/filesystems); any other absolute path must be a file.
 pub fn require(names: &[&str]) -> Result<()> {
     let mut missing = Vec::new();
     for &name in names {
@@ -75,6 +79,8 @@ fn check(name: &str) -> Option<String> {
                 Some(format!("{BUSYBOX_PATH} not found; {}", install_hint("busybox")))
             }
         }
+        path if path.starts_with('/') => (!Path::new(path).is_file())
+            .then(|| format!("{path} not found; {}", install_hint(path))),
         binary => match find_on_path(binary) {
             Some(_) => None,
             None => Some(format!("`{binary}` not found on PATH; {}", install_hint(binary))),

@@ -5,6 +5,7 @@
 //! A [`Mode`] starts one image variant for one workload and reports [`StartTimes`]; the registry sits
 //! behind a [`crate::link::ShapedLink`], whose counters give the bytes each start fetched.
 
+pub mod chart;
 pub mod overlayfs;
 pub mod ready;
 pub mod run;

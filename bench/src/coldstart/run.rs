@@ -1,6 +1,6 @@
 //! `skiff-bench run`: every workload × variant × mode, cold and warm, N times, through a shaped link in
 //! front of a docker-registry serving `--registry-dir`; a table on stdout, `results.csv` (and with
-//! `--json`, `results.json`) in `--out`.
+//! `--json`, `results.json`) and `chart.png` in `--out`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -74,7 +74,14 @@ fn make_mode(name: &str) -> Result<Box<dyn Mode>> {
 }
 
 pub fn run(args: &RunArgs, runtime: &Handle) -> Result<()> {
-    skiff_tests::require(&["root", "docker-registry", "containerd", "ctr", "runc"])?;
+    skiff_tests::require(&[
+        "root",
+        "docker-registry",
+        "containerd",
+        "ctr",
+        "runc",
+        super::chart::FONT,
+    ])?;
     let workloads = workloads::load(&args.workloads)?;
     let mut modes = args
         .modes
@@ -132,6 +139,7 @@ pub fn run(args: &RunArgs, runtime: &Handle) -> Result<()> {
     }
     drop(modes);
     write_csv(&args.out.join("results.csv"), &rows)?;
+    super::chart::draw(&args.out.join("chart.png"), &rows, args.profile.name)?;
     if args.json {
         std::fs::write(
             args.out.join("results.json"),
