@@ -364,6 +364,28 @@ struct EntryMeta {
     xattrs: Vec<(String, Vec<u8>)>,
 }
 
+/// A numeric header field; a blank one (all NUL or space, as some writers leave fields they do not use)
+/// is 0, as Go's archive/tar reads it.
+fn numeric<T: Default>(raw: &[u8], parse: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    if raw.iter().all(|b| *b == 0 || *b == b' ') {
+        Ok(T::default())
+    } else {
+        parse()
+    }
+}
+
+/// A device entry's major and minor numbers (blank fields are 0).
+fn device_numbers(header: &tar::Header) -> io::Result<(u32, u32)> {
+    let fields = header
+        .as_ustar()
+        .map(|h| (h.dev_major, h.dev_minor))
+        .or_else(|| header.as_gnu().map(|h| (h.dev_major, h.dev_minor)))
+        .unwrap_or_default();
+    let major = numeric(&fields.0, || Ok(header.device_major()?.unwrap_or(0)))?;
+    let minor = numeric(&fields.1, || Ok(header.device_minor()?.unwrap_or(0)))?;
+    Ok((major, minor))
+}
+
 /// `SECONDS[.FRACTION]` of a PAX time record.
 fn parse_pax_time(value: &str) -> Option<TimeSpec> {
     let (seconds, fraction) = value.split_once('.').unwrap_or((value, ""));
@@ -446,10 +468,12 @@ impl Extractor<'_> {
         path: &InnerPath,
     ) -> Result<EntryMeta, ExtractError> {
         let header = entry.header();
-        let mode = header.mode().map_err(ExtractError::Stream)? & 0o7777;
-        let mut uid = header.uid().map_err(ExtractError::Stream)?;
-        let mut gid = header.gid().map_err(ExtractError::Stream)?;
-        let mut mtime = TimeSpec::new(header.mtime().map_err(ExtractError::Stream)? as i64, 0);
+        let old = header.as_old();
+        let mode = numeric(&old.mode, || header.mode()).map_err(ExtractError::Stream)? & 0o7777;
+        let mut uid = numeric(&old.uid, || header.uid()).map_err(ExtractError::Stream)?;
+        let mut gid = numeric(&old.gid, || header.gid()).map_err(ExtractError::Stream)?;
+        let seconds = numeric(&old.mtime, || header.mtime()).map_err(ExtractError::Stream)?;
+        let mut mtime = TimeSpec::new(seconds as i64, 0);
         let mut atime = None;
         let mut xattrs = Vec::new();
         if let Some(extensions) = entry.pax_extensions().map_err(ExtractError::Stream)? {
@@ -605,15 +629,11 @@ impl Extractor<'_> {
                 self.finish_at(dir, &name, &path, &meta, &xattrs, false)?;
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                let header = entry.header();
-                let major = header
-                    .device_major()
-                    .map_err(ExtractError::Stream)?
-                    .unwrap_or(0);
-                let minor = header
-                    .device_minor()
-                    .map_err(ExtractError::Stream)?
-                    .unwrap_or(0);
+                let (major, minor) = if kind == tar::EntryType::Fifo {
+                    (0, 0)
+                } else {
+                    device_numbers(entry.header()).map_err(ExtractError::Stream)?
+                };
                 let node = match kind {
                     tar::EntryType::Char => SFlag::S_IFCHR,
                     tar::EntryType::Block => SFlag::S_IFBLK,
