@@ -874,3 +874,23 @@ fn the_unpacked_chain_composes_with_overlayfs() {
         0o755
     );
 }
+
+#[test]
+fn blank_numeric_header_fields_read_as_zero() {
+    let bed = Bed::new();
+    // Fields left all NUL, as some writers leave those they do not use (Go's archive/tar reads 0).
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, kind) in [("fifo", EntryType::Fifo), ("dir/.wh.gone", EntryType::Regular)] {
+        let mut header = Header::new_ustar();
+        header.set_entry_type(kind);
+        header.set_path(name).unwrap();
+        header.set_size(0);
+        header.set_cksum();
+        builder.append(&header, &[][..]).unwrap();
+    }
+    let tar = builder.into_inner().unwrap();
+    let chain = bed.unpack(None, &tar, TAR).unwrap();
+    let fifo = meta(&bed.fs(chain.as_str()).join("fifo"));
+    assert!(fifo.file_type().is_fifo());
+    assert_eq!((fifo.uid(), fifo.mode() & 0o7777, fifo.mtime()), (0, 0, 0));
+}

@@ -14,8 +14,8 @@ use skiff_api::containerd::snapshots::v1 as snapshots;
 use skiff_api::containerd::snapshots::v1::snapshots_client::SnapshotsClient;
 use skiff_api::v1;
 use skiff_tests::{
-    convert_estargz, every_entry_type_layers, generated_bytes, mounts_under, require,
-    sha256_digest, write_docker_config, write_hosts_toml, BuiltImage, Containerd, FaultProxy,
+    convert_estargz, every_entry_type_layers, generated_bytes, lazy_mounts_under, mounts_under,
+    require, sha256_digest, write_lazy_skiffd_config, BuiltImage, Containerd, FaultProxy,
     ImageSpec, Registry, RegistryAuth, Skiffd, SkiffdOptions,
 };
 
@@ -32,25 +32,6 @@ const TOOLS: &[&str] = &[
 
 const BIG_FILE: usize = 12 << 20;
 const PREFIX: &str = "skiff.image/";
-
-/// skiffd's config: `host` over plain HTTP (hosts.toml), no credentials, no background fetching (the
-/// bytes counted are those reads need).
-fn skiffd_config(dir: &Path, host: &str) -> Result<PathBuf> {
-    let certs_d = dir.join("certs.d");
-    write_hosts_toml(&certs_d, host, Some(&format!("http://{host}")), &[])?;
-    let docker_config = write_docker_config(&dir.join("docker"), &[])?;
-    let path = dir.join("skiffd.toml");
-    let quote = |p: &Path| serde_json::to_string(&p.display().to_string()).expect("string");
-    std::fs::write(
-        &path,
-        format!(
-            "[registry]\nconfig_path = {}\ndocker_config = {}\n\n[lazy]\nbackground_parallel_requests = 0\n\n[log]\nlevel = \"info,skiff_snapshotter=debug\"\n",
-            quote(&certs_d),
-            quote(&docker_config),
-        ),
-    )?;
-    Ok(path)
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -251,26 +232,6 @@ fn check_every_entry_type(root: &Path, read_big: bool) -> Result<()> {
     Ok(())
 }
 
-/// skiff's FUSE mounts (source `skiff:sha256:…`) under `dir`.
-fn lazy_mounts_under(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mut found = Vec::new();
-    for line in info.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mount_point = PathBuf::from(left.split(' ').nth(4).unwrap_or_default());
-        let mut right = right.split(' ');
-        let (fs_type, source) = (right.next().unwrap_or(""), right.next().unwrap_or(""));
-        if fs_type.starts_with("fuse") && mount_point.starts_with(dir) {
-            if let Some(digest) = source.strip_prefix("skiff:") {
-                found.push((mount_point, digest.to_owned()));
-            }
-        }
-    }
-    Ok(found)
-}
-
 fn content_digests(skiffd: &Skiffd) -> Result<Vec<String>> {
     Ok(skiffd
         .skiff_ok(&["content", "ls", "-q"])?
@@ -297,7 +258,7 @@ impl Bed {
         registry.push(&layout, "plain:1")?;
         let proxy = FaultProxy::in_front_of(&registry)?;
         let config_dir = tempfile::tempdir()?;
-        let config = skiffd_config(config_dir.path(), &proxy.host())?;
+        let config = write_lazy_skiffd_config(config_dir.path(), &proxy.host())?;
         let skiffd = Skiffd::start_with(SkiffdOptions {
             config: Some(config),
             ..SkiffdOptions::default()
@@ -413,7 +374,7 @@ fn estargz_layers_are_mounted_lazily_and_never_downloaded() -> Result<()> {
         let mounts = lazy_mounts_under(skiffd.work_dir())?;
         for (digest, _) in &layers {
             ensure!(
-                mounts.iter().any(|(_, d)| d == digest),
+                mounts.iter().any(|m| &m.layer_digest == digest),
                 "layer {digest} is not FUSE-mounted: {mounts:?}"
             );
         }

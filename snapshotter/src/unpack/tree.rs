@@ -393,7 +393,7 @@ pub fn copy_up(
             symlink_at(Path::new(&target), to, name)?;
         }
         SFlag::S_IFCHR | SFlag::S_IFBLK | SFlag::S_IFIFO => {
-            mknod_at(to, name, kind, 0o600, stat.st_rdev as u64)?;
+            mknod_at(to, name, kind, 0o600, stat.st_rdev)?;
         }
         _ => {
             return Err(io::Error::new(
