@@ -880,7 +880,10 @@ fn blank_numeric_header_fields_read_as_zero() {
     let bed = Bed::new();
     // Fields left all NUL, as some writers leave those they do not use (Go's archive/tar reads 0).
     let mut builder = tar::Builder::new(Vec::new());
-    for (name, kind) in [("fifo", EntryType::Fifo), ("dir/.wh.gone", EntryType::Regular)] {
+    for (name, kind) in [
+        ("fifo", EntryType::Fifo),
+        ("dir/.wh.gone", EntryType::Regular),
+    ] {
         let mut header = Header::new_ustar();
         header.set_entry_type(kind);
         header.set_path(name).unwrap();

@@ -1,7 +1,7 @@
 //! End to end: `skiff image pull` builds the image's snapshot chain in skiffd. A plain gzip image (every
 //! tar entry type, whiteouts, an opaque dir) is downloaded and unpacked by skiff itself into committed
-//! snapshots named `skiff.image/<chain id>`, and the overlay of the chain shows what the image holds; an
-//! image converted to eStargz by `ctr-remote` is FUSE-mounted instead, its layer blobs never enter skiff's
+//! snapshots named `skiff.image/<chain id>`, and the overlay of the chain shows what the image holds; the
+//! image converted to eStargz or zstd:chunked by `ctr-remote` is FUSE-mounted instead, its layer blobs never enter skiff's
 //! content store and the registry serves a small fraction of their bytes. `skiff image rm` removes (and
 //! unmounts) the snapshots. The chain is read through snapshots.v1 on skiffd's socket.
 
@@ -14,9 +14,9 @@ use skiff_api::containerd::snapshots::v1 as snapshots;
 use skiff_api::containerd::snapshots::v1::snapshots_client::SnapshotsClient;
 use skiff_api::v1;
 use skiff_tests::{
-    convert_estargz, every_entry_type_layers, generated_bytes, lazy_mounts_under, mounts_under,
+    convert_image, every_entry_type_layers, generated_bytes, lazy_mounts_under, mounts_under,
     require, sha256_digest, write_lazy_skiffd_config, BuiltImage, Containerd, FaultProxy,
-    ImageSpec, Registry, RegistryAuth, Skiffd, SkiffdOptions,
+    ImageSpec, LazyFormat, Registry, RegistryAuth, Skiffd, SkiffdOptions,
 };
 
 const TOOLS: &[&str] = &[
@@ -328,10 +328,27 @@ fn plain_gzip_layers_are_unpacked_into_a_snapshot_chain() -> Result<()> {
 
 #[test]
 fn estargz_layers_are_mounted_lazily_and_never_downloaded() -> Result<()> {
+    lazy_layers_are_mounted_and_never_downloaded(LazyFormat::Estargz)
+}
+
+#[test]
+fn zstd_chunked_layers_are_mounted_lazily_and_never_downloaded() -> Result<()> {
+    lazy_layers_are_mounted_and_never_downloaded(LazyFormat::ZstdChunked)
+}
+
+/// The image converted to `format` by `ctr-remote` (stargz-snapshotter's own converter), pulled by skiff.
+fn lazy_layers_are_mounted_and_never_downloaded(format: LazyFormat) -> Result<()> {
     let mut bed = Bed::start()?;
     {
         let converter = Containerd::start()?;
-        convert_estargz(&converter, &bed.registry.host(), "plain:1", "lazy:1", None)?;
+        convert_image(
+            &converter,
+            &bed.registry.host(),
+            "plain:1",
+            "lazy:1",
+            None,
+            format,
+        )?;
     }
     let result = (|| -> Result<()> {
         let skiffd = &bed.skiffd;
