@@ -16,7 +16,7 @@ use skiff_api::v1;
 use skiff_tests::{
     convert_image, every_entry_type_layers, generated_bytes, lazy_mounts_under, mounts_under,
     require, sha256_digest, write_lazy_skiffd_config, BuiltImage, Containerd, FaultProxy,
-    ImageSpec, LazyFormat, Registry, RegistryAuth, Skiffd, SkiffdOptions,
+    ImageSpec, LayerSpec, LazyFormat, Registry, RegistryAuth, Skiffd, SkiffdOptions,
 };
 
 const TOOLS: &[&str] = &[
@@ -441,4 +441,40 @@ fn lazy_layers_are_mounted_and_never_downloaded(format: LazyFormat) -> Result<()
         "mounts left after skiffd stopped: {left:?}"
     );
     Ok(())
+}
+
+#[test]
+fn a_layer_that_cannot_be_unpacked_fails_the_pull_and_leaves_nothing() -> Result<()> {
+    require(TOOLS)?;
+    let registry = Registry::start(RegistryAuth::Anonymous)?;
+    // Honest digests, but the second layer writes through a symlink that points nowhere.
+    let image = ImageSpec::new()
+        .layer(LayerSpec::new().file("/ok.txt", "fine"))
+        .layer(
+            LayerSpec::new()
+                .symlink("/d", "/nowhere")
+                .file("/d/x", "x")
+                .without_implicit_parents(),
+        );
+    registry.push(&image.build_layout()?, "bad:1")?;
+    let skiffd = Skiffd::start()?;
+    let result = (|| -> Result<()> {
+        let reference = registry.reference("bad:1");
+        let output = skiffd.skiff(&["image", "pull", "--plain-http", &reference])?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(!output.status.success(), "the pull succeeded");
+        ensure!(
+            stderr.contains("/d/x") && stderr.contains("not a directory"),
+            "the error names the entry and the problem: {stderr}"
+        );
+        let left = list_snapshots(&skiffd)?;
+        ensure!(left.is_empty(), "snapshots left by a failed pull: {left:?}");
+        ensure!(skiffd.skiff_ok(&["image", "ls", "-q"])?.trim().is_empty());
+        ensure!(
+            content_digests(&skiffd)?.is_empty(),
+            "blobs left by a failed pull"
+        );
+        Ok(())
+    })();
+    result.with_context(|| format!("skiffd log:\n{}", skiffd.log()))
 }

@@ -452,11 +452,12 @@ impl Extractor<'_> {
         }
     }
 
-    fn parent_error(&self, err: ParentError) -> UnpackError {
+    /// A parent directory of `entry` (or of its hard link target) that cannot be reached or made.
+    fn parent_error(&self, entry: &InnerPath, err: ParentError) -> UnpackError {
         match err {
-            ParentError::NotADirectory(path) => self.invalid(
-                &path,
-                "a parent is not a directory (or is a dangling symlink)",
+            ParentError::NotADirectory(parent) => self.invalid(
+                entry,
+                format!("its parent {parent} is not a directory (or is a dangling symlink)"),
             ),
             ParentError::Io(path, source) => self.write_error("create directory", &path)(source),
         }
@@ -538,7 +539,7 @@ impl Extractor<'_> {
         let parent = self
             .upper
             .make_dirs(&path.parent(), self.lowers)
-            .map_err(|err| self.parent_error(err))?;
+            .map_err(|err| self.parent_error(&path, err))?;
         let has_parents = !self.lowers.is_empty();
 
         match whiteout(&name) {
@@ -724,7 +725,7 @@ impl Extractor<'_> {
         let in_layer = self
             .upper
             .existing_dir(&target.parent())
-            .map_err(|err| self.parent_error(err))?;
+            .map_err(|err| self.parent_error(&path, err))?;
         if let Some(target_dir) = &in_layer {
             if let Some(stat) = Tree::stat_at(target_dir.as_fd(), target_name)
                 .map_err(self.write_error("stat", &target))?
@@ -749,7 +750,7 @@ impl Extractor<'_> {
         let up = self
             .upper
             .make_dirs(&target.parent(), self.lowers)
-            .map_err(|err| self.parent_error(err))?;
+            .map_err(|err| self.parent_error(&path, err))?;
         tree::copy_up(lower_dir.as_fd(), &stat, target_name, up.as_fd())
             .map_err(self.write_error("copy up", &target))?;
         link(up.as_fd())
