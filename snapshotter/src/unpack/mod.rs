@@ -725,7 +725,7 @@ impl Extractor<'_> {
         let in_layer = self
             .upper
             .existing_dir(&target.parent())
-            .map_err(|err| self.parent_error(&path, err))?;
+            .map_err(|err| self.parent_error(path, err))?;
         if let Some(target_dir) = &in_layer {
             if let Some(stat) = Tree::stat_at(target_dir.as_fd(), target_name)
                 .map_err(self.write_error("stat", &target))?
@@ -750,7 +750,7 @@ impl Extractor<'_> {
         let up = self
             .upper
             .make_dirs(&target.parent(), self.lowers)
-            .map_err(|err| self.parent_error(&path, err))?;
+            .map_err(|err| self.parent_error(path, err))?;
         tree::copy_up(lower_dir.as_fd(), &stat, target_name, up.as_fd())
             .map_err(self.write_error("copy up", &target))?;
         link(up.as_fd())
