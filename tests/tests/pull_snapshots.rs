@@ -478,3 +478,45 @@ fn a_layer_that_cannot_be_unpacked_fails_the_pull_and_leaves_nothing() -> Result
     })();
     result.with_context(|| format!("skiffd log:\n{}", skiffd.log()))
 }
+
+#[test]
+fn plain_http_from_the_pull_reaches_the_lazy_layers() -> Result<()> {
+    require(TOOLS)?;
+    let registry = Registry::start(RegistryAuth::Anonymous)?;
+    let (lower, upper) = every_entry_type_layers(1 << 20);
+    registry.push(
+        &ImageSpec::new().layer(lower).layer(upper).build_layout()?,
+        "plain:1",
+    )?;
+    {
+        let converter = Containerd::start()?;
+        convert_image(
+            &converter,
+            &registry.host(),
+            "plain:1",
+            "lazy:1",
+            None,
+            LazyFormat::Estargz,
+        )?;
+    }
+    // No hosts.toml: only the pull's --plain-http says the registry speaks plain HTTP.
+    let skiffd = Skiffd::start()?;
+    let result = (|| -> Result<()> {
+        let reference = registry.reference("lazy:1");
+        skiffd.skiff_ok(&["image", "pull", "--plain-http", &reference])?;
+        let mounts = lazy_mounts_under(skiffd.work_dir())?;
+        ensure!(mounts.len() == 2, "both layers FUSE-mounted: {mounts:?}");
+        let top = image_detail(&skiffd, &reference)?.snapshot;
+        let view_mounts = view(&skiffd, "check", &top)?;
+        {
+            let _mounted = Mounted::mount(&view_mounts, &skiffd.work_dir().join("rootfs"))?;
+            let hello = std::fs::read_to_string(skiffd.work_dir().join("rootfs/data/hello.txt"))?;
+            ensure!(hello == "hello\n", "read through the lazy layer: {hello:?}");
+        }
+        remove_snapshot(&skiffd, "check")?;
+        skiffd.skiff_ok(&["image", "rm", &reference])?;
+        ensure!(lazy_mounts_under(skiffd.work_dir())?.is_empty());
+        Ok(())
+    })();
+    result.with_context(|| format!("skiffd log:\n{}", skiffd.log()))
+}
