@@ -115,7 +115,7 @@ fn bind(address: &Path) -> Result<UnixListener, DaemonError> {
 /// Runs until SIGTERM or SIGINT, then drains in-flight requests and removes the socket.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let _lock = RootLock::acquire(&config)?;
-    let services = open_services(&config)?;
+    let mut services = open_services(&config)?;
     let lazy = Arc::new(FuseRemoteLayers::open(
         &config,
         tokio::runtime::Handle::current(),
@@ -128,6 +128,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         let snapshotter = snapshotter.clone();
         tokio::task::spawn_blocking(move || snapshotter.remount_remote()).await??;
     }
+    services.images = services.images.with_snapshotter(snapshotter.clone());
     let listener = match bind(&config.address) {
         Ok(listener) => listener,
         Err(err) => {

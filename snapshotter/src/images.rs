@@ -1,8 +1,13 @@
-//! Images: pulling a reference into the content store (a full pull: every layer blob is fetched and
-//! verified), describing a stored image, and deleting one with garbage collection of the blobs no image
-//! references any more. Registry access goes through `skiff_fuse::registry`; nothing here speaks gRPC.
+//! Images: pulling a reference (manifest, config and index into the content store, then the image's
+//! snapshot chain: each layer either mounted lazily through the snapshotter's remote layers, its blob
+//! never downloaded, or downloaded, verified and unpacked into a committed snapshot named by its chain
+//! id), describing a stored image, and deleting one with garbage collection of the blobs and snapshots no
+//! image uses any more. Registry access goes through `skiff_fuse::registry`; nothing here speaks gRPC.
+//!
+//! The layer snapshots of skiff's own images are keyed [`IMAGE_SNAPSHOT_PREFIX`] + chain id, so they never
+//! meet the keys containerd uses on the same socket (`NAMESPACE/N/…`, N a number).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -10,6 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use oci_spec::image::{
     Descriptor, Digest, ImageConfiguration, ImageIndex, ImageManifest, MediaType,
 };
+use skiff_fuse::format::{estargz, zstd_chunked};
 use skiff_fuse::registry::{Credentials, Reference, RegistryClient, RegistryError};
 use tokio::sync::mpsc;
 use tracing::{info, instrument, warn};
@@ -17,6 +23,38 @@ use tracing::{info, instrument, warn};
 use crate::config::RegistrySection;
 use crate::content::{ContentError, ContentStore};
 use crate::meta::{ContentRefRecord, DescriptorRecord, ImageRecord, Labels, MetaError, MetaStore};
+use crate::snapshots::remote::INHERITED_LABEL_PREFIX;
+use crate::snapshots::{RemoteLayer, SnapshotError, Snapshotter};
+use crate::unpack::{ChainId, LayerBlob};
+
+/// Key prefix of the committed layer snapshots of skiff's own images: `skiff.image/` + chain id.
+pub const IMAGE_SNAPSHOT_PREFIX: &str = "skiff.image/";
+
+/// The key of the committed snapshot of a layer stack of skiff's own images.
+pub fn image_snapshot_key(chain: &ChainId) -> String {
+    format!("{IMAGE_SNAPSHOT_PREFIX}{chain}")
+}
+
+/// How a layer of a pull became a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotSource {
+    /// Downloaded (or found in the content store) and unpacked.
+    Unpacked,
+    /// Mounted lazily from the registry; the blob was not downloaded.
+    Lazy,
+    /// The snapshot existed already (another image, an earlier pull).
+    Existed,
+}
+
+/// A layer's snapshot, once it is committed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerProgress {
+    pub digest: String,
+    pub total: u64,
+    pub chain_id: String,
+    pub key: String,
+    pub source: SnapshotSource,
+}
 
 /// Progress of a pull as the client sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +66,7 @@ pub enum PullEvent {
         blobs: Vec<DescriptorRecord>,
     },
     Blob(BlobProgress),
+    Layer(LayerProgress),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +96,16 @@ pub enum ImageError {
     },
     #[error("image {name} has no manifest for this platform in the content store")]
     NoPlatformManifest { name: String },
+    #[error("image config {config} lists {diff_ids} diff ids for {layers} layers")]
+    LayerCountMismatch {
+        config: String,
+        diff_ids: usize,
+        layers: usize,
+    },
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("snapshot task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// What a stored image resolves to on this host.
@@ -67,6 +116,8 @@ pub struct ImageDetail {
     pub config: DescriptorRecord,
     pub layers: Vec<DescriptorRecord>,
     pub platform: String,
+    /// The key of the committed snapshot of all the image's layers, when it exists.
+    pub snapshot: Option<String>,
 }
 
 /// Bytes between two progress reports of one blob.
@@ -77,12 +128,14 @@ pub struct Images {
     content: ContentStore,
     meta: MetaStore,
     registry: RegistrySection,
-    /// Blobs that running pulls rely on, with how many pulls do: a failed pull must not delete a
-    /// blob another pull is about to reference.
+    /// Where pulls build the images' snapshot chains; without one a pull only fills the content store.
+    snapshotter: Option<Snapshotter>,
+    /// Blobs and snapshot keys that running pulls rely on, with how many pulls do: a failed pull (or an
+    /// image removal) must not delete a blob or snapshot another pull is about to use.
     in_flight: Arc<Mutex<HashMap<String, usize>>>,
 }
 
-/// Registers a pull's blobs as in flight for as long as it lives.
+/// Registers a pull's blobs and snapshot keys as in flight for as long as it lives.
 struct InFlight<'a> {
     images: &'a Images,
     digests: Vec<String>,
@@ -108,18 +161,25 @@ impl Images {
             content,
             meta,
             registry,
+            snapshotter: None,
             in_flight: Arc::default(),
         }
     }
 
-    fn hold(&self, digests: &[DescriptorRecord]) -> InFlight<'_> {
+    /// Pulls build snapshot chains in `snapshotter` from now on.
+    pub fn with_snapshotter(mut self, snapshotter: Snapshotter) -> Self {
+        self.snapshotter = Some(snapshotter);
+        self
+    }
+
+    fn hold(&self, names: Vec<String>) -> InFlight<'_> {
         let mut in_flight = lock(&self.in_flight);
-        for blob in digests {
-            *in_flight.entry(blob.digest.clone()).or_default() += 1;
+        for name in &names {
+            *in_flight.entry(name.clone()).or_default() += 1;
         }
         InFlight {
             images: self,
-            digests: digests.iter().map(|b| b.digest.clone()).collect(),
+            digests: names,
         }
     }
 
@@ -155,6 +215,7 @@ impl Images {
         progress: mpsc::Sender<PullEvent>,
     ) -> Result<ImageRecord, ImageError> {
         let reference: Reference = reference.parse()?;
+        let credentials_given = credentials.is_some();
         let client = RegistryClient::new(self.registry.client_config(plain_http, credentials))?;
         let resolved = client.resolve(&reference).await?;
         let name = reference.to_string();
@@ -180,12 +241,36 @@ impl Images {
             })
             .await;
 
-        let _hold = self.hold(&blobs);
+        let plan = self.plan_layers(&resolved, plain_http, credentials_given)?;
+        let mut held: Vec<String> = blobs.iter().map(|b| b.digest.clone()).collect();
+        held.extend(plan.iter().map(|layer| layer.key.clone()));
+        let _hold = self.hold(held);
         let written = Mutex::new(Vec::new());
-        if let Err(err) = self
-            .fetch_blobs(&client, &reference, &small, layers, &progress, &written)
+        let to_fetch: Vec<Descriptor> = plan
+            .iter()
+            .filter(|layer| layer.fetch_first)
+            .map(|layer| layer.descriptor.clone())
+            .collect();
+        let mut created = Vec::new();
+        let result = match self
+            .fetch_blobs(&client, &reference, &small, &to_fetch, &progress, &written)
             .await
         {
+            Ok(()) => {
+                self.build_snapshots(
+                    &client,
+                    &reference,
+                    &plan,
+                    &progress,
+                    &written,
+                    &mut created,
+                )
+                .await
+            }
+            Err(err) => Err(err),
+        };
+        if let Err(err) = result {
+            self.discard_snapshots(&created).await;
             self.discard(&written.into_inner().unwrap_or_else(|e| e.into_inner()));
             return Err(err);
         }
@@ -195,8 +280,14 @@ impl Images {
             format!("containerd.io/distribution.source.{}", reference.registry()),
             reference.repository().to_string(),
         );
+        // Lazy layers' blobs are not in the store: the namespace references what it holds.
         let refs: Vec<ContentRefRecord> = blobs
             .iter()
+            .filter(|blob| {
+                blob.digest
+                    .parse::<Digest>()
+                    .is_ok_and(|digest| self.content.contains(&digest))
+            })
             .map(|blob| ContentRefRecord {
                 digest: blob.digest.clone(),
                 labels: Labels::from([source_label.clone()]),
@@ -279,8 +370,268 @@ impl Images {
         Ok(())
     }
 
-    /// The image's platform manifest, config and layers as stored.
+    /// What to do with each layer: its chain id, snapshot key, and whether to try it lazily or fetch it
+    /// before the chain is built.
+    fn plan_layers(
+        &self,
+        resolved: &skiff_fuse::registry::ResolvedImage,
+        plain_http: bool,
+        credentials_given: bool,
+    ) -> Result<Vec<LayerPlan>, ImageError> {
+        let layers = resolved.image_manifest.layers();
+        let Some(snapshotter) = &self.snapshotter else {
+            // No snapshots: a full pull into the content store.
+            return Ok(layers
+                .iter()
+                .map(|descriptor| LayerPlan {
+                    descriptor: descriptor.clone(),
+                    diff_id: String::new(),
+                    chain: ChainId::next(None, ""),
+                    key: String::new(),
+                    lazy: None,
+                    fetch_first: true,
+                })
+                .collect());
+        };
+        let config: ImageConfiguration =
+            serde_json::from_slice(&resolved.config_bytes).map_err(|err| {
+                ImageError::InvalidBlob {
+                    digest: resolved.config.digest().to_string(),
+                    kind: "image config",
+                    reason: err.to_string(),
+                }
+            })?;
+        let diff_ids = config.rootfs().diff_ids();
+        if diff_ids.len() != layers.len() {
+            return Err(ImageError::LayerCountMismatch {
+                config: resolved.config.digest().to_string(),
+                diff_ids: diff_ids.len(),
+                layers: layers.len(),
+            });
+        }
+        let image_layers: Vec<String> = layers.iter().map(|l| l.digest().to_string()).collect();
+        let image_ref = resolved.reference.to_string();
+        let mut plan = Vec::with_capacity(layers.len());
+        for (descriptor, chain) in layers.iter().zip(ChainId::chain(diff_ids)) {
+            let key = image_snapshot_key(&chain);
+            let exists = match snapshotter.stat(&key) {
+                Ok(_) => true,
+                Err(SnapshotError::NotFound { .. }) => false,
+                Err(err) => return Err(err.into()),
+            };
+            // A lazy layer keeps reading the registry for as long as it is mounted, also after a
+            // restart, with skiffd's own credentials: a pull with explicit ones unpacks every layer.
+            let lazy =
+                (!credentials_given && snapshotter.serves_remote() && is_lazy_format(descriptor))
+                    .then(|| RemoteLayer {
+                        target: key.clone(),
+                        image_ref: image_ref.clone(),
+                        layer_digest: descriptor.digest().to_string(),
+                        manifest_digest: Some(resolved.manifest.digest().to_string()),
+                        image_layers: image_layers.clone(),
+                        annotations: descriptor
+                            .annotations()
+                            .iter()
+                            .flatten()
+                            .filter(|(k, _)| k.starts_with(INHERITED_LABEL_PREFIX))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                        plain_http,
+                    });
+            plan.push(LayerPlan {
+                descriptor: descriptor.clone(),
+                diff_id: diff_ids[plan.len()].clone(),
+                chain,
+                key,
+                fetch_first: !exists && lazy.is_none(),
+                lazy,
+            });
+        }
+        Ok(plan)
+    }
+
+    /// Commits each layer's snapshot on the one below: existing ones are kept, lazy ones mounted (or,
+    /// when that fails, fetched and unpacked), the others unpacked from the content store. The keys it
+    /// committed go to `created`.
+    async fn build_snapshots(
+        &self,
+        client: &RegistryClient,
+        reference: &Reference,
+        plan: &[LayerPlan],
+        progress: &mpsc::Sender<PullEvent>,
+        written: &Mutex<Vec<Digest>>,
+        created: &mut Vec<String>,
+    ) -> Result<(), ImageError> {
+        let Some(snapshotter) = &self.snapshotter else {
+            return Ok(());
+        };
+        let mut parent: Option<String> = None;
+        for layer in plan {
+            let mut source = SnapshotSource::Existed;
+            if snapshotter.stat(&layer.key).is_err() {
+                source = SnapshotSource::Unpacked;
+                if let Some(remote) = &layer.lazy {
+                    let (snapshotter, remote, below) =
+                        (snapshotter.clone(), remote.clone(), parent.clone());
+                    let mounted = tokio::task::spawn_blocking(move || {
+                        snapshotter.commit_remote(below.as_deref(), &remote, Labels::new())
+                    })
+                    .await??;
+                    if mounted {
+                        source = SnapshotSource::Lazy;
+                    }
+                }
+                if source == SnapshotSource::Unpacked {
+                    if !self.content.contains(layer.descriptor.digest()) {
+                        self.fetch_layer(client, reference, &layer.descriptor, progress, written)
+                            .await?;
+                    }
+                    if !self.unpack(snapshotter, layer, parent.as_deref()).await? {
+                        source = SnapshotSource::Existed;
+                    }
+                }
+                if source != SnapshotSource::Existed {
+                    created.push(layer.key.clone());
+                }
+            }
+            let _ = progress
+                .send(PullEvent::Layer(LayerProgress {
+                    digest: layer.descriptor.digest().to_string(),
+                    total: layer.descriptor.size(),
+                    chain_id: layer.chain.to_string(),
+                    key: layer.key.clone(),
+                    source,
+                }))
+                .await;
+            parent = Some(layer.key.clone());
+        }
+        Ok(())
+    }
+
+    /// Unpacks a stored layer blob as its snapshot; `false` when it existed already.
+    async fn unpack(
+        &self,
+        snapshotter: &Snapshotter,
+        layer: &LayerPlan,
+        parent: Option<&str>,
+    ) -> Result<bool, ImageError> {
+        let path = self.content.path(layer.descriptor.digest());
+        let blob = LayerBlob {
+            media_type: layer.descriptor.media_type().to_string(),
+            digest: layer.descriptor.digest().to_string(),
+            diff_id: layer.diff_id.clone(),
+        };
+        let (snapshotter, key, parent) = (
+            snapshotter.clone(),
+            layer.key.clone(),
+            parent.map(str::to_owned),
+        );
+        let unpacked = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&path).map_err(|source| SnapshotError::Io {
+                action: "open",
+                path,
+                source,
+            })?;
+            snapshotter.unpack_layer(
+                &key,
+                parent.as_deref(),
+                &blob,
+                std::io::BufReader::with_capacity(1 << 20, file),
+                Labels::new(),
+            )
+        })
+        .await??;
+        Ok(matches!(
+            unpacked,
+            crate::snapshots::LayerSnapshot::Unpacked(_)
+        ))
+    }
+
+    /// After a failed pull: removes the snapshots it committed (top first) unless another pull uses them.
+    async fn discard_snapshots(&self, created: &[String]) {
+        let Some(snapshotter) = self.snapshotter.clone() else {
+            return;
+        };
+        let keys: Vec<String> = {
+            let in_flight = lock(&self.in_flight);
+            created
+                .iter()
+                .rev()
+                .filter(|key| in_flight.get(*key).is_none_or(|count| *count <= 1))
+                .cloned()
+                .collect()
+        };
+        let _ = tokio::task::spawn_blocking(move || remove_snapshots(&snapshotter, &keys)).await;
+    }
+
+    /// The chain ids of an image's layers, bottom first, from its stored config.
+    async fn image_chain(&self, namespace: &str, name: &str) -> Result<Vec<ChainId>, ImageError> {
+        let detail = self.detail_without_snapshot(namespace, name).await?;
+        self.chain_of(&detail).await
+    }
+
+    async fn chain_of(&self, detail: &ImageDetail) -> Result<Vec<ChainId>, ImageError> {
+        let config: ImageConfiguration = self
+            .read_json(&parse_digest(&detail.config.digest)?, "image config")
+            .await?;
+        Ok(ChainId::chain(config.rootfs().diff_ids()))
+    }
+
+    /// After an image is gone: removes its layer snapshots that no image of any namespace (and no
+    /// running pull) uses, top first; a snapshot with a child (a container's, say) stays, and so does
+    /// everything below it.
+    async fn remove_unused_snapshots(&self, chain: &[ChainId]) -> Result<(), ImageError> {
+        let Some(snapshotter) = self.snapshotter.clone() else {
+            return Ok(());
+        };
+        let mut keep = HashSet::new();
+        for namespace in self.meta.list_namespaces()? {
+            for image in self.meta.list_images(&namespace.name)? {
+                match self.image_chain(&namespace.name, &image.name).await {
+                    Ok(chain) => keep.extend(chain),
+                    Err(err) => warn!(
+                        namespace = %namespace.name,
+                        image = %image.name,
+                        error = %err,
+                        "cannot read the image's layers; its snapshots are not known"
+                    ),
+                }
+            }
+        }
+        let keys: Vec<String> = {
+            let in_flight = lock(&self.in_flight);
+            chain
+                .iter()
+                .rev()
+                .filter(|chain| !keep.contains(*chain))
+                .map(image_snapshot_key)
+                .filter(|key| !in_flight.contains_key(key))
+                .collect()
+        };
+        tokio::task::spawn_blocking(move || remove_snapshots(&snapshotter, &keys)).await?;
+        Ok(())
+    }
+
+    /// The image's platform manifest, config and layers as stored, and its top layer snapshot.
     pub async fn detail(&self, namespace: &str, name: &str) -> Result<ImageDetail, ImageError> {
+        let mut detail = self.detail_without_snapshot(namespace, name).await?;
+        if let Some(snapshotter) = &self.snapshotter {
+            let chain = self.chain_of(&detail).await?;
+            if let Some(top) = chain.last() {
+                let key = image_snapshot_key(top);
+                if snapshotter.stat(&key).is_ok() {
+                    detail.snapshot = Some(key);
+                }
+            }
+        }
+        Ok(detail)
+    }
+
+    async fn detail_without_snapshot(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<ImageDetail, ImageError> {
         let image = self.get(namespace, name)?;
         let target = record_descriptor(&image.target)?;
         let manifest = if is_index(target.media_type()) {
@@ -310,6 +661,7 @@ impl Images {
             config: DescriptorRecord::from(parsed.config()),
             layers: parsed.layers().iter().map(DescriptorRecord::from).collect(),
             platform,
+            snapshot: None,
         })
     }
 
@@ -339,6 +691,14 @@ impl Images {
     #[instrument(skip_all, fields(namespace = %namespace, image = %name))]
     pub async fn delete(&self, namespace: &str, name: &str) -> Result<(), ImageError> {
         let image = self.get(namespace, name)?;
+        // Read before the blobs may go.
+        let chain = match self.image_chain(namespace, &image.name).await {
+            Ok(chain) => chain,
+            Err(err) => {
+                warn!(image = %image.name, error = %err, "cannot read the image's layers; its snapshots stay");
+                Vec::new()
+            }
+        };
         let ns = namespace.to_string();
         self.meta
             .blocking(move |meta| meta.delete_image(&ns, &image.name))
@@ -368,7 +728,7 @@ impl Images {
                 }
             }
         }
-        Ok(())
+        self.remove_unused_snapshots(&chain).await
     }
 
     /// Every stored blob reachable from `root` (indexes, manifests, configs, layers).
@@ -477,4 +837,53 @@ fn record_descriptor(record: &DescriptorRecord) -> Result<Descriptor, ImageError
         ));
     }
     Ok(descriptor)
+}
+
+/// One layer of a pull.
+struct LayerPlan {
+    descriptor: Descriptor,
+    diff_id: String,
+    chain: ChainId,
+    /// `image_snapshot_key(chain)`.
+    key: String,
+    /// Set when the layer is to be mounted lazily first.
+    lazy: Option<RemoteLayer>,
+    /// The blob is fetched with the others before the chain is built (not lazy, no snapshot yet).
+    fetch_first: bool,
+}
+
+/// Whether a layer descriptor announces a lazily readable format (an eStargz TOC digest or a
+/// zstd:chunked manifest position); the remote layers still check the blob itself.
+fn is_lazy_format(descriptor: &Descriptor) -> bool {
+    descriptor
+        .annotations()
+        .as_ref()
+        .is_some_and(|annotations| {
+            [
+                estargz::TOC_DIGEST_ANNOTATION,
+                zstd_chunked::MANIFEST_POSITION_ANNOTATION,
+                zstd_chunked::LEGACY_MANIFEST_POSITION_ANNOTATION,
+            ]
+            .iter()
+            .any(|key| annotations.contains_key(*key))
+        })
+}
+
+/// Removes snapshots in order; absent ones are skipped, and one with a child stops the walk (what is
+/// below it is its parent). Failures are logged.
+fn remove_snapshots(snapshotter: &Snapshotter, keys: &[String]) {
+    for key in keys {
+        match snapshotter.remove(key) {
+            Ok(()) => info!(key, "image snapshot removed"),
+            Err(SnapshotError::NotFound { .. }) => {}
+            Err(SnapshotError::HasChildren { child, .. }) => {
+                info!(key, child, "image snapshot kept: it has a child");
+                return;
+            }
+            Err(err) => {
+                warn!(key, error = %skiff_api::error_chain(&err), "cannot remove image snapshot");
+                return;
+            }
+        }
+    }
 }

@@ -43,6 +43,8 @@ enum DescribeError {
 pub struct FuseRemoteLayers {
     manager: LayerManager,
     client: RegistryClient,
+    /// The same settings, over plain HTTP, for layers of `skiff image pull --plain-http`.
+    plain_client: RegistryClient,
     runtime: Handle,
     /// Layers of each manifest read so far, by manifest digest.
     manifests: Mutex<HashMap<String, Arc<Vec<Descriptor>>>>,
@@ -54,12 +56,22 @@ impl FuseRemoteLayers {
         let store = ChunkStore::open(&config.chunks_dir(), config.cache.cache_config())?;
         // Plain HTTP registries are named by their hosts.toml `server = "http://…"`.
         let client = RegistryClient::new(config.registry.client_config(false, None))?;
+        let plain_client = RegistryClient::new(config.registry.client_config(true, None))?;
         Ok(FuseRemoteLayers {
             manager: LayerManager::new(store, config.lazy.layer_config(), runtime.clone()),
             client,
+            plain_client,
             runtime,
             manifests: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn client_for(&self, layer: &RemoteLayer) -> &RegistryClient {
+        if layer.plain_http {
+            &self.plain_client
+        } else {
+            &self.client
+        }
     }
 
     /// Unmounts every layer still mounted (shutdown).
@@ -93,7 +105,7 @@ impl FuseRemoteLayers {
             })?),
             None => reference.clone(),
         };
-        let resolved = self.client.resolve(&pinned).await?;
+        let resolved = self.client_for(layer).resolve(&pinned).await?;
         let digest = resolved.manifest.digest().to_string();
         let layers = Arc::new(resolved.image_manifest.layers().clone());
         self.manifests
@@ -133,7 +145,12 @@ impl FuseRemoteLayers {
         debug!(layer = %descriptor.digest, media_type = %descriptor.media_type, "mounting remote layer");
         match self
             .manager
-            .mount(self.client.clone(), reference, descriptor, mountpoint)
+            .mount(
+                self.client_for(layer).clone(),
+                reference,
+                descriptor,
+                mountpoint,
+            )
             .await
         {
             Ok(_) => Ok(()),

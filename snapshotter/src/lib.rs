@@ -12,3 +12,4 @@ pub mod lazy_layers;
 pub mod meta;
 pub mod service;
 pub mod snapshots;
+pub mod unpack;

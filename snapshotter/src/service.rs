@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use tracing::warn;
 
 use crate::content::{ContentError, ContentStore, Digest};
-use crate::images::{ImageDetail, ImageError, Images, PullEvent};
+use crate::images::{ImageDetail, ImageError, Images, PullEvent, SnapshotSource};
 use crate::meta::{DescriptorRecord, ImageRecord, MetaError, MetaStore};
 
 type ServiceStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -85,9 +85,13 @@ impl From<ImageError> for Status {
             ImageError::Content(err) => err.into(),
             ImageError::Meta(err) => err.into(),
             ImageError::NotFound { .. } => Status::not_found(skiff_api::error_chain(&err)),
-            ImageError::InvalidBlob { .. } | ImageError::NoPlatformManifest { .. } => {
+            ImageError::InvalidBlob { .. }
+            | ImageError::NoPlatformManifest { .. }
+            | ImageError::LayerCountMismatch { .. } => {
                 Status::failed_precondition(skiff_api::error_chain(&err))
             }
+            ImageError::Snapshot(err) => err.into(),
+            ImageError::Task(err) => Status::internal(format!("pull task failed: {err}")),
         }
     }
 }
@@ -122,6 +126,7 @@ fn image_detail(detail: &ImageDetail) -> v1::ImageDetail {
         config: Some(descriptor(&detail.config)),
         layers: detail.layers.iter().map(descriptor).collect(),
         platform: detail.platform.clone(),
+        snapshot: detail.snapshot.clone().unwrap_or_default(),
     }
 }
 
@@ -300,7 +305,32 @@ fn progress_message(event: PullEvent) -> v1::PullProgress {
             total: blob.total,
             done: blob.done,
             cached: blob.cached,
+            snapshot: None,
         }),
+        // Sent as the layer's last blob progress, so clients that draw one bar per blob finish it.
+        PullEvent::Layer(layer) => {
+            let source = match layer.source {
+                SnapshotSource::Unpacked => v1::layer_snapshot::Source::Unpacked,
+                SnapshotSource::Lazy => v1::layer_snapshot::Source::Lazy,
+                SnapshotSource::Existed => v1::layer_snapshot::Source::Existed,
+            };
+            v1::pull_progress::Event::Blob(v1::BlobProgress {
+                digest: layer.digest,
+                offset: if layer.source == SnapshotSource::Lazy {
+                    0
+                } else {
+                    layer.total
+                },
+                total: layer.total,
+                done: true,
+                cached: layer.source == SnapshotSource::Existed,
+                snapshot: Some(v1::LayerSnapshot {
+                    key: layer.key,
+                    chain_id: layer.chain_id,
+                    source: source as i32,
+                }),
+            })
+        }
     };
     v1::PullProgress { event: Some(event) }
 }

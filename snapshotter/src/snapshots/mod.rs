@@ -10,7 +10,8 @@
 //! then its record (and the id counter) is written in one batch; removal deletes the record first, then the
 //! directory. So a crash leaves either a consistent record or a directory without one, which
 //! [`Snapshotter::open`] and [`Snapshotter::cleanup`] delete. Every change of records is one batch, made under
-//! one lock that also orders the directory work.
+//! one lock that also orders the directory work; only the mount of a remote layer (network IO) runs
+//! without it, its target name, parent and directory reserved meanwhile.
 //!
 //! Remote (lazy) layers plug in at [`Snapshotter::prepare_with`]: given the typed [`RemoteLayer`] parsed
 //! from a `Prepare`'s labels, the [`RemoteLayers`] this snapshotter was given mount the layer read-only at
@@ -27,10 +28,12 @@ pub mod remote;
 pub mod service;
 pub mod usage;
 
-use std::io::ErrorKind;
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use tracing::{debug, error, info, warn};
@@ -42,6 +45,8 @@ pub use crate::meta::{SnapshotKind, UsageRecord as Usage};
 pub use filter::{AnyFilter, Fields, FilterError};
 pub use mounts::{mounts, Mount, SnapshotDirs};
 pub use remote::{RemoteError, RemoteLayer, RemoteLayers};
+
+use crate::unpack::{apply_layer, Applied, LayerBlob, UnpackError};
 
 /// Failures of snapshot operations; [`service`] maps each to the gRPC code containerd expects.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +75,8 @@ pub enum SnapshotError {
     InvalidFilter(#[from] FilterError),
     #[error(transparent)]
     Meta(#[from] MetaError),
+    #[error(transparent)]
+    Unpack(#[from] UnpackError),
     #[error("{action} {}", path.display())]
     Io {
         action: &'static str,
@@ -221,9 +228,18 @@ pub fn validate_labels(labels: &Labels) -> Result<(), SnapshotError> {
 pub struct Snapshotter {
     root: PathBuf,
     meta: MetaStore,
-    lock: Arc<Mutex<()>>,
+    /// Orders every change; holds the remote layers being mounted (outside the lock).
+    lock: Arc<Mutex<Mounting>>,
+    /// Signalled when a mount in [`Mounting`] ends.
+    mount_done: Arc<Condvar>,
     remote: Option<Arc<dyn RemoteLayers>>,
 }
+
+/// Remote layers being mounted, by target name: the snapshot id their directory has and their parent.
+/// A name here is taken (`AlreadyExists` for anyone else creating it), a parent here has a child, an id
+/// here is not an orphan directory.
+#[derive(Default)]
+struct Mounting(HashMap<String, (u64, Option<String>)>);
 
 impl std::fmt::Debug for Snapshotter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -232,6 +248,22 @@ impl std::fmt::Debug for Snapshotter {
             .field("remote", &self.remote.is_some())
             .finish_non_exhaustive()
     }
+}
+
+/// Key prefix of the active snapshots [`Snapshotter::unpack_layer`] works in; any left over by a crash
+/// are removed at [`Snapshotter::open`].
+pub const UNPACK_KEY_PREFIX: &str = "skiff.unpack/";
+
+/// Tells concurrent unpacks' temporary keys apart.
+static UNPACK_SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+/// What [`Snapshotter::unpack_layer`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerSnapshot {
+    /// The layer was unpacked and committed.
+    Unpacked(Applied),
+    /// A committed snapshot of that name existed already (possibly made by a concurrent unpack).
+    Existed,
 }
 
 /// Name prefix of directories being created; never a snapshot id.
@@ -249,17 +281,90 @@ impl Snapshotter {
         let snapshotter = Snapshotter {
             root: root.to_path_buf(),
             meta,
-            lock: Arc::new(Mutex::new(())),
+            lock: Arc::new(Mutex::new(Mounting::default())),
+            mount_done: Arc::new(Condvar::new()),
             remote: None,
         };
         snapshotter.cleanup()?;
+        snapshotter.remove_unfinished_unpacks()?;
         Ok(snapshotter)
+    }
+
+    /// Removes the active snapshots of unpacks a crash interrupted.
+    fn remove_unfinished_unpacks(&self) -> Result<(), SnapshotError> {
+        for record in self.meta.list_snapshots()? {
+            if record.kind == SnapshotKind::Active && record.key.starts_with(UNPACK_KEY_PREFIX) {
+                warn!(key = %record.key, "removing the snapshot of an unfinished unpack");
+                self.remove(&record.key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a layer read from `blob` as the committed snapshot `name` on top of `parent`: an active
+    /// snapshot under a temporary key gets the layer ([`apply_layer`], digests verified), then is
+    /// committed as `name` with `labels`. On any failure the active snapshot is removed and nothing is
+    /// committed. A snapshot `name` that exists already (before or, from a concurrent unpack, after)
+    /// is [`LayerSnapshot::Existed`]. The unpack itself runs outside the lock.
+    pub fn unpack_layer(
+        &self,
+        name: &str,
+        parent: Option<&str>,
+        layer: &LayerBlob,
+        blob: impl Read,
+        labels: Labels,
+    ) -> Result<LayerSnapshot, SnapshotError> {
+        validate_snapshot_key(name)?;
+        validate_labels(&labels)?;
+        if self.meta.get_snapshot(name)?.is_some() {
+            return Ok(LayerSnapshot::Existed);
+        }
+        let key = format!(
+            "{UNPACK_KEY_PREFIX}{}-{}/{name}",
+            std::process::id(),
+            UNPACK_SEQUENCE.fetch_add(1, Ordering::Relaxed)
+        );
+        self.prepare(&key, parent, Labels::new())?;
+        let applied = self.get(&key).and_then(|record| {
+            let upper = self.dirs().fs(record.id);
+            let lowers: Vec<PathBuf> = self
+                .parent_ids(&record)?
+                .into_iter()
+                .map(|id| self.dirs().fs(id))
+                .collect();
+            Ok(apply_layer(blob, layer, &upper, &lowers)?)
+        });
+        let result = applied.and_then(|applied| match self.commit(name, &key, labels) {
+            Ok(()) => Ok(LayerSnapshot::Unpacked(applied)),
+            Err(SnapshotError::AlreadyExists { .. }) => Ok(LayerSnapshot::Existed),
+            Err(err) => Err(err),
+        });
+        if !matches!(result, Ok(LayerSnapshot::Unpacked(_))) {
+            if let Err(err) = self.remove(&key) {
+                warn!(key, error = %skiff_api::error_chain(&err), "cannot remove the snapshot of a failed unpack");
+            }
+        }
+        match &result {
+            Ok(LayerSnapshot::Unpacked(applied)) => {
+                info!(name, layer = %layer.digest, entries = applied.entries, "layer unpacked")
+            }
+            Ok(LayerSnapshot::Existed) => debug!(name, "layer snapshot exists"),
+            Err(err) => {
+                warn!(name, layer = %layer.digest, error = %skiff_api::error_chain(err), "unpack failed")
+            }
+        }
+        result
     }
 
     /// Serves layers that `Prepare` labels name through `remote` from now on (see [`remote`]).
     pub fn with_remote_layers(mut self, remote: Arc<dyn RemoteLayers>) -> Self {
         self.remote = Some(remote);
         self
+    }
+
+    /// Whether layers can be served remotely (lazily) here.
+    pub fn serves_remote(&self) -> bool {
+        self.remote.is_some()
     }
 
     /// Mounts every remote snapshot again (after a restart, before the socket opens). A layer that cannot
@@ -310,9 +415,19 @@ impl Snapshotter {
         SnapshotDirs::new(&self.root)
     }
 
-    fn lock(&self) -> MutexGuard<'_, ()> {
-        // The guard protects no data, only ordering.
+    fn lock(&self) -> MutexGuard<'_, Mounting> {
         self.lock.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits (releasing the lock) until no mount of `target` is in flight.
+    fn wait_for_mount<'a>(
+        &self,
+        guard: MutexGuard<'a, Mounting>,
+        target: &str,
+    ) -> MutexGuard<'a, Mounting> {
+        self.mount_done
+            .wait_while(guard, |mounting| mounting.0.contains_key(target))
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn get(&self, key: &str) -> Result<SnapshotRecord, SnapshotError> {
@@ -382,8 +497,8 @@ impl Snapshotter {
         validate_snapshot_key(key)?;
         validate_labels(&labels)?;
         let parent = parent.filter(|p| !p.is_empty());
-        let _guard = self.lock();
-        let parent_ids = self.check_new(key, parent)?;
+        let guard = self.lock();
+        let parent_ids = self.check_new(&guard, key, parent)?;
         self.create_locked(kind, key, parent, labels, &parent_ids)
     }
 
@@ -405,28 +520,64 @@ impl Snapshotter {
         validate_snapshot_key(&layer.target)?;
         validate_labels(&labels)?;
         let parent = parent.filter(|p| !p.is_empty());
-        let _guard = self.lock();
+        let guard = self.wait_for_mount(self.lock(), &layer.target);
         if self.meta.get_snapshot(&layer.target)?.is_some() {
             return Err(SnapshotError::AlreadyExists { key: layer.target });
         }
-        let parent_ids = self.check_new(key, parent)?;
-        if self.commit_remote_locked(remote.as_ref(), &layer, parent, &labels, &parent_ids)? {
+        let parent_ids = self.check_new(&guard, key, parent)?;
+        let (mounted, guard) =
+            self.mount_remote(guard, remote.as_ref(), &layer, parent, &labels, &parent_ids)?;
+        if mounted {
             return Err(SnapshotError::AlreadyExists { key: layer.target });
         }
+        // The lock was released during the mount: check again.
+        let parent_ids = self.check_new(&guard, key, parent)?;
         self.create_locked(SnapshotKind::Active, key, parent, labels, &parent_ids)
     }
 
-    /// Mounts `layer` at a new snapshot dir and commits it under `layer.target` in one batch. `false`
-    /// (nothing left behind) when the layer cannot be served remotely.
-    fn commit_remote_locked(
+    /// Mounts `layer` and commits it as the snapshot `layer.target` on `parent` (skiff's own pull;
+    /// containerd's way in is [`Snapshotter::prepare_with`]). `true` when that snapshot is committed (now
+    /// or before), `false` when the layer cannot be served remotely (nothing is left behind).
+    pub fn commit_remote(
         &self,
+        parent: Option<&str>,
+        layer: &RemoteLayer,
+        labels: Labels,
+    ) -> Result<bool, SnapshotError> {
+        let Some(remote) = self.remote.clone() else {
+            return Ok(false);
+        };
+        validate_snapshot_key(&layer.target)?;
+        validate_labels(&labels)?;
+        let parent = parent.filter(|p| !p.is_empty());
+        let guard = self.wait_for_mount(self.lock(), &layer.target);
+        if self.meta.get_snapshot(&layer.target)?.is_some() {
+            return Ok(true);
+        }
+        let parent_ids = self.check_new(&guard, &layer.target, parent)?;
+        let (mounted, _guard) =
+            self.mount_remote(guard, remote.as_ref(), layer, parent, &labels, &parent_ids)?;
+        Ok(mounted)
+    }
+
+    /// Mounts `layer` at a new snapshot dir and commits it under `layer.target`. The mount (network IO:
+    /// footer and TOC) runs without the lock: the target name, the parent and the directory's id are
+    /// reserved in [`Mounting`] meanwhile, and the id counter is written first so no other snapshot
+    /// takes the id. `false` (nothing left behind) when the layer cannot be served remotely. Returns the
+    /// lock, taken again.
+    fn mount_remote<'a>(
+        &'a self,
+        mut guard: MutexGuard<'a, Mounting>,
         remote: &dyn RemoteLayers,
         layer: &RemoteLayer,
         parent: Option<&str>,
         labels: &Labels,
         parent_ids: &[u64],
-    ) -> Result<bool, SnapshotError> {
+    ) -> Result<(bool, MutexGuard<'a, Mounting>), SnapshotError> {
         let id = self.meta.next_snapshot_id()?;
+        let mut batch = WriteBatch::new();
+        self.meta.stage_snapshot_next_id(&mut batch, id);
+        self.meta.write_batch(batch)?;
         let dir = self.dirs().dir(id);
         let temp = self.root.join(format!("{NEW_PREFIX}{id}"));
         let result = self
@@ -440,7 +591,15 @@ impl Snapshotter {
             return Err(err);
         }
         let fs = self.dirs().fs(id);
-        match remote.mount(layer, &fs) {
+        guard
+            .0
+            .insert(layer.target.clone(), (id, parent.map(str::to_owned)));
+        drop(guard);
+        let mounted = remote.mount(layer, &fs);
+        let mut guard = self.lock();
+        guard.0.remove(&layer.target);
+        self.mount_done.notify_all();
+        match mounted {
             Ok(()) => {}
             Err(err) => {
                 match &err {
@@ -455,7 +614,7 @@ impl Snapshotter {
                     ),
                 }
                 remove_dir_if_present(&dir)?;
-                return Ok(false);
+                return Ok((false, guard));
             }
         }
         let now = SystemTime::now();
@@ -470,22 +629,30 @@ impl Snapshotter {
             usage: Some(Usage::default()),
             remote: Some(layer.clone()),
         };
+        // The counter was written before the mount (and may have moved on since).
         let mut batch = WriteBatch::new();
-        self.meta.stage_put_snapshot(&mut batch, &record)?;
-        self.meta.stage_snapshot_next_id(&mut batch, id);
-        if let Err(err) = self.meta.write_batch(batch) {
+        let written = self
+            .meta
+            .stage_put_snapshot(&mut batch, &record)
+            .and_then(|()| self.meta.write_batch(batch));
+        if let Err(err) = written {
             unmount_quietly(remote, &fs);
             let _ = remove_dir_if_present(&dir);
             return Err(err.into());
         }
         info!(target = %layer.target, layer = %layer.layer_digest, id, "remote snapshot committed");
-        Ok(true)
+        Ok((true, guard))
     }
 
     /// Checks that `key` is free and `parent` (if any) is committed; returns the parent's id and its
     /// ancestors', nearest first. Called under the lock.
-    fn check_new(&self, key: &str, parent: Option<&str>) -> Result<Vec<u64>, SnapshotError> {
-        if self.meta.get_snapshot(key)?.is_some() {
+    fn check_new(
+        &self,
+        mounting: &Mounting,
+        key: &str,
+        parent: Option<&str>,
+    ) -> Result<Vec<u64>, SnapshotError> {
+        if mounting.0.contains_key(key) || self.meta.get_snapshot(key)?.is_some() {
             return Err(SnapshotError::AlreadyExists {
                 key: key.to_owned(),
             });
@@ -601,8 +768,8 @@ impl Snapshotter {
         validate_snapshot_key(name)?;
         validate_snapshot_key(key)?;
         validate_labels(&labels)?;
-        let _guard = self.lock();
-        if self.meta.get_snapshot(name)?.is_some() {
+        let guard = self.lock();
+        if guard.0.contains_key(name) || self.meta.get_snapshot(name)?.is_some() {
             return Err(SnapshotError::AlreadyExists {
                 key: name.to_owned(),
             });
@@ -638,9 +805,14 @@ impl Snapshotter {
     pub fn remove(&self, key: &str) -> Result<(), SnapshotError> {
         validate_snapshot_key(key)?;
         let removing = {
-            let _guard = self.lock();
+            let guard = self.lock();
             let record = self.get(key)?;
-            if let Some(child) = self.meta.first_snapshot_child(key)? {
+            let mounting_child = guard
+                .0
+                .iter()
+                .find(|(_, (_, parent))| parent.as_deref() == Some(key))
+                .map(|(child, _)| child.clone());
+            if let Some(child) = mounting_child.or(self.meta.first_snapshot_child(key)?) {
                 return Err(SnapshotError::HasChildren {
                     key: key.to_owned(),
                     child,
@@ -721,12 +893,13 @@ impl Snapshotter {
     /// Deletes every directory under the snapshots root that belongs to no snapshot (left by a crash or a
     /// removal that could not finish). Returns how many went.
     pub fn cleanup(&self) -> Result<usize, SnapshotError> {
-        let _guard = self.lock();
+        let guard = self.lock();
         let live: std::collections::HashSet<u64> = self
             .meta
             .list_snapshots()?
             .iter()
             .map(|record| record.id)
+            .chain(guard.0.values().map(|(id, _)| *id))
             .collect();
         let mut removed = 0;
         for entry in std::fs::read_dir(&self.root).map_err(io_error("list", &self.root))? {

@@ -51,6 +51,10 @@ pub struct RemoteLayer {
     /// eStargz TOC digest.
     #[serde(default)]
     pub annotations: Labels,
+    /// Reach the registry over plain HTTP (skiff's own `pull --plain-http`; containerd's labels never
+    /// say so, a `hosts.toml` does).
+    #[serde(default)]
+    pub plain_http: bool,
 }
 
 impl RemoteLayer {
@@ -146,6 +150,7 @@ impl RemoteLayer {
             manifest_digest: manifest_digest.cloned(),
             image_layers,
             annotations,
+            plain_http: false,
         }))
     }
 }

@@ -15,6 +15,7 @@ use super::{
     Snapshotter,
 };
 use crate::meta::Labels;
+use crate::unpack::UnpackError;
 
 /// Infos per `List` message, as containerd's own service batches them.
 const LIST_BATCH: usize = 100;
@@ -35,8 +36,24 @@ impl From<SnapshotError> for Status {
             | SnapshotError::ImmutableField { .. }
             | SnapshotError::InvalidFilter(_) => Status::invalid_argument(message),
             SnapshotError::Meta(err) => err.into(),
+            SnapshotError::Unpack(err) => unpack_status(err, message),
             SnapshotError::Io { .. } => Status::internal(message),
         }
+    }
+}
+
+fn unpack_status(err: UnpackError, message: String) -> Status {
+    match err {
+        UnpackError::DigestMismatch { .. }
+        | UnpackError::DiffIdMismatch { .. }
+        | UnpackError::Decompress { .. }
+        | UnpackError::Tar { .. } => Status::data_loss(message),
+        UnpackError::UnsupportedMediaType { .. }
+        | UnpackError::InvalidDigest { .. }
+        | UnpackError::UnsafePath { .. }
+        | UnpackError::UnsupportedEntry { .. }
+        | UnpackError::InvalidEntry { .. } => Status::invalid_argument(message),
+        UnpackError::Read { .. } | UnpackError::Write { .. } => Status::internal(message),
     }
 }
 
