@@ -70,6 +70,17 @@ async fn create_start_exec_pause_resume_kill_delete() {
         FailureKind::NotFound
     );
 
+    // An exec given stdin that exits before anyone writes: its stdin relay ends with it.
+    let quiet = ExecId::new("quiet").unwrap();
+    shim.exec(&quiet, &exec_process(&["true"]), false, true)
+        .await
+        .unwrap();
+    assert_eq!(shim.wait(&quiet).await.unwrap().code, 0);
+    let shim_pid = shim.shim_pid().unwrap();
+    wait_until("the quiet exec's stdin relay ends", || {
+        !thread_names(shim_pid).contains(&"quiet-stdin".to_string())
+    });
+
     shim.pause().await.unwrap();
     assert_eq!(shim.state(&init).await.unwrap().status, TaskStatus::Paused);
     assert_eq!(bed.runc_status().as_deref(), Some("paused"));
@@ -102,7 +113,6 @@ async fn create_start_exec_pause_resume_kill_delete() {
         FailureKind::NotFound
     );
 
-    let shim_pid = shim.shim_pid().unwrap();
     assert_eq!(shim.delete(false).await.unwrap(), Some(exit));
     assert!(reap(shim_pid), "the shim exits after delete");
     assert_eq!(bed.runc_status(), None, "runc keeps no state after delete");
@@ -114,6 +124,50 @@ async fn create_start_exec_pause_resume_kill_delete() {
         shim.start().await.unwrap_err(),
         ShimError::Gone { .. }
     ));
+}
+
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn forced_delete_kills_and_the_task_dir_is_not_reused() {
+    require_prerequisites();
+    let bed = Bed::new("forced", &Spec::new(&["sleep", "1000"]));
+    let shim = bed.spawn(false, false).await;
+    shim.start().await.unwrap();
+    let shim_pid = shim.shim_pid().unwrap();
+    let exit = shim
+        .delete(true)
+        .await
+        .unwrap()
+        .expect("the killed init's exit");
+    assert_eq!((exit.code, exit.signal), (137, Some(libc::SIGKILL)));
+    assert!(reap(shim_pid));
+    assert_eq!(bed.runc_status(), None);
+    let reused = Shim::spawn(
+        &common::shim_binary(),
+        &bed.task_dir(),
+        &bed.config(false, false),
+    )
+    .await
+    .expect_err("a task dir serves one task");
+    assert!(matches!(reused, ShimError::TaskDirInUse { .. }), "{reused}");
 }
 
 #[tokio::test]
@@ -301,10 +355,7 @@ async fn bad_requests_get_clear_answers() {
     );
     assert_eq!(shim.state(&init).await.unwrap().status, TaskStatus::Created);
 
-    assert_eq!(
-        shim.delete(true).await.unwrap().map(|e| e.code),
-        Some(137),
-        "forced delete kills"
-    );
+    // A container created but never started is deleted without force (runc kills its init).
+    assert_eq!(shim.delete(false).await.unwrap().map(|e| e.code), Some(137));
     assert_eq!(bed.runc_status(), None);
 }

@@ -37,6 +37,8 @@ pub enum ShimError {
     Spawn { binary: PathBuf, source: io::Error },
     #[error("a shim is already running in {task_dir}")]
     AlreadyRunning { task_dir: PathBuf },
+    #[error("{task_dir} already holds a task (remove it first)")]
+    TaskDirInUse { task_dir: PathBuf },
     #[error("the shim for {task_dir} did not start the container: {message}")]
     Start { task_dir: PathBuf, message: String },
     #[error("the shim of {task_dir} is not running")]
@@ -84,7 +86,8 @@ pub fn shim_binary(configured: Option<&Path>) -> Result<PathBuf, ShimError> {
 pub struct Shim;
 
 impl Shim {
-    /// Creates `task_dir` (if needed), writes `shim.json` and starts `shim_binary` for it. The shim detaches
+    /// Creates `task_dir` (if needed; it must not hold a task yet), writes `shim.json` and starts
+    /// `shim_binary` for it. The shim detaches
     /// (own session, not a child of the caller, survives it), creates the container with the runtime and
     /// answers once the init process exists, in the `created` state. Errors carry the runtime's message.
     pub async fn spawn(
@@ -102,6 +105,10 @@ impl Shim {
         };
         if client.is_alive().await {
             return Err(ShimError::AlreadyRunning { task_dir });
+        }
+        // Old exit and pid files would answer for the new task: a task dir serves one task.
+        if client.task.config().exists() {
+            return Err(ShimError::TaskDirInUse { task_dir });
         }
         client.task.write_config(config)?;
 

@@ -22,7 +22,7 @@ use super::protocol::{
 };
 use super::reaper::{Reaped, Reaper};
 use super::stdio::{self, PreparedIo};
-use crate::runc::{CreateOptions, ExecOptions, Runc, RuncError};
+use crate::runc::{ContainerStatus, CreateOptions, ExecOptions, Runc, RuncError};
 use crate::task::{
     ExecId, ExitStatus, ProcessState, ShimConfig, TaskDir, TaskError, TaskStatus, SOCKET_NAME,
 };
@@ -410,6 +410,7 @@ impl Shim {
             exec_id,
             exited,
             started.output_done,
+            started.stdin_relay,
             exit_sender,
         ));
         Ok(pid)
@@ -420,6 +421,7 @@ impl Shim {
         exec_id: ExecId,
         exited: oneshot::Receiver<Reaped>,
         output_done: Option<oneshot::Receiver<()>>,
+        stdin_relay: Option<stdio::StdinRelay>,
         sender: watch::Sender<Option<ExitStatus>>,
     ) {
         let Ok(reaped) = exited.await else {
@@ -429,6 +431,7 @@ impl Shim {
         if let Some(done) = output_done {
             let _ = tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, done).await;
         }
+        drop(stdin_relay);
         let exit = exit_status(reaped);
         tracing::info!(%exec_id, code = exit.code, signal = ?exit.signal, "process exited");
         let task = self.task.clone();
@@ -504,10 +507,14 @@ impl Shim {
             return Ok(Reply::Exit(exit));
         }
         if process.exit().is_none() && !force {
-            return Err(failure(
-                FailureKind::FailedPrecondition,
-                "the container is running: kill it first, or delete with force",
-            ));
+            // A container created but never started may go (runc delete kills its init); not a running one.
+            let state = self.runtime(|runc, id| runc.state(id)).await?;
+            if state.status != ContainerStatus::Created {
+                return Err(failure(
+                    FailureKind::FailedPrecondition,
+                    "the container is running: kill it first, or delete with force",
+                ));
+            }
         }
         match self.runtime(move |runc, id| runc.delete(id, force)).await {
             Ok(()) => {}

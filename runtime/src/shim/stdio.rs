@@ -9,12 +9,14 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSliceMut, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use nix::sys::stat::Mode;
 use tokio::sync::oneshot;
@@ -40,6 +42,13 @@ pub(crate) struct ProcessIo {
     pub console: Option<OwnedFd>,
     /// Fires when the output relay has copied everything (the terminal's last writer closed it).
     pub output_done: Option<oneshot::Receiver<()>>,
+    /// Dropping it ends the stdin relay (once the process has exited, even if no writer ever came).
+    pub stdin_relay: Option<StdinRelay>,
+}
+
+/// The cancel side of a stdin relay: the write end of a pipe the relay polls alongside the FIFO.
+pub(crate) struct StdinRelay {
+    _cancel: OwnedFd,
 }
 
 impl PreparedIo {
@@ -100,6 +109,7 @@ impl PreparedIo {
         let mut io = ProcessIo {
             console: None,
             output_done: None,
+            stdin_relay: None,
         };
         let stdin_target = match self.console {
             Some(console) => {
@@ -119,12 +129,18 @@ impl PreparedIo {
             None => self.stdin_pipe,
         };
         if let (Some(fifo), Some(target)) = (self.stdin_fifo, stdin_target) {
-            spawn_relay(format!("{label}-stdin"), move || match File::open(&fifo) {
-                Ok(source) => copy_until_closed(source, File::from(target)),
-                Err(error) => {
-                    tracing::warn!(fifo = %fifo.display(), %error, "cannot open stdin fifo")
-                }
+            // Opened without blocking, so the relay never waits in open(2) for a writer that may never
+            // come; poll reports nothing until a writer has connected, then data or its hang-up.
+            let source = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)?;
+            let (cancelled, cancel) =
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+            spawn_relay(format!("{label}-stdin"), move || {
+                relay_stdin(source, File::from(target), cancelled)
             })?;
+            io.stdin_relay = Some(StdinRelay { _cancel: cancel });
         }
         Ok(io)
     }
@@ -135,6 +151,46 @@ fn spawn_relay(name: String, relay: impl FnOnce() + Send + 'static) -> io::Resul
         .name(name)
         .spawn(relay)
         .map(drop)
+}
+
+/// Copies the FIFO into the process's stdin until the writer closes it (end of file), the process's
+/// stdin is closed, or `cancelled` reports that the shim let go of the relay.
+fn relay_stdin(mut source: File, mut destination: File, cancelled: OwnedFd) {
+    let mut buffer = [0u8; 32 * 1024];
+    loop {
+        let mut fds = [
+            PollFd::new(source.as_fd(), PollFlags::POLLIN),
+            PollFd::new(cancelled.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(error) => {
+                tracing::warn!(%error, "poll on the stdin fifo failed");
+                return;
+            }
+        }
+        if fds[1].revents().is_some_and(|events| !events.is_empty()) {
+            return;
+        }
+        if fds[0].revents().is_none_or(|events| events.is_empty()) {
+            continue;
+        }
+        match source.read(&mut buffer) {
+            Ok(0) => return,
+            Ok(n) => {
+                if destination.write_all(&buffer[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// Copies until the source reports end of file or an error (a pty master reads EIO once the last
