@@ -95,8 +95,19 @@ async fn create_start_exec_pause_resume_kill_delete() {
     let running = shim.delete(false).await.unwrap_err();
     assert_eq!(refused_kind(running), FailureKind::FailedPrecondition);
 
+    // No PID namespace here, so the kernel would leave this exec running after the init: the shim ends it.
+    let straggler = ExecId::new("straggler").unwrap();
+    shim.exec(&straggler, &exec_process(&["sleep", "1000"]), false, false)
+        .await
+        .unwrap();
+
     shim.kill(&init, libc::SIGTERM, false).await.unwrap();
     let exit = shim.wait(&init).await.unwrap();
+    let straggler_exit = tokio::time::timeout(Duration::from_secs(10), shim.wait(&straggler))
+        .await
+        .expect("an exec does not outlive the init")
+        .unwrap();
+    assert_eq!(straggler_exit.signal, Some(libc::SIGKILL));
     assert_eq!(
         (exit.code, exit.signal),
         (143, Some(libc::SIGTERM)),

@@ -89,7 +89,9 @@ impl Shim {
     /// Creates `task_dir` (if needed; it must not hold a task yet), writes `shim.json` and starts
     /// `shim_binary` for it. The shim detaches
     /// (own session, not a child of the caller, survives it), creates the container with the runtime and
-    /// answers once the init process exists, in the `created` state. Errors carry the runtime's message.
+    /// answers once the init process exists, in the `created` state. Errors carry the runtime's message;
+    /// the task dir is then left as it is (`shim.log`, `runtime.log`) for the caller to read and remove.
+    /// There is no timeout: a caller that cannot wait for a slow rootfs wraps the call in one.
     pub async fn spawn(
         shim_binary: &Path,
         task_dir: &Path,

@@ -442,6 +442,21 @@ impl Shim {
             Err(error) => tracing::error!(%exec_id, %error, "cannot record the exit status"),
         }
         sender.send_replace(Some(exit));
+        if exec_id.is_init() {
+            self.kill_orphaned_execs();
+        }
+    }
+
+    /// When the init exits, exec processes go with it: the kernel kills them in the container's own
+    /// PID namespace; without one (a shared or host PID namespace) the shim does, as containerd's does.
+    fn kill_orphaned_execs(&self) {
+        let processes = self.processes.lock().unwrap_or_else(|p| p.into_inner());
+        for (exec_id, process) in processes.iter() {
+            if !exec_id.is_init() && process.exit().is_none() {
+                tracing::info!(%exec_id, pid = process.pid, "killing an exec process that outlived the init");
+                let _ = kill(Pid::from_raw(process.pid as i32), Signal::SIGKILL);
+            }
+        }
     }
 
     async fn kill(&self, exec_id: &ExecId, signal: i32, all: bool) -> Result<Reply, Failure> {
