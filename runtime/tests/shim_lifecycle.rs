@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{reap, require_prerequisites, wait_for_text, write_stdin, Bed, Spec};
 use skiff_runtime::runc::Runc;
-use skiff_runtime::shim::{FailureKind, Shim, ShimClient, ShimError};
+use skiff_runtime::shim::{FailureKind, ShimClient, ShimError};
 use skiff_runtime::task::{ExecId, TaskStatus};
 
 fn exec_process(args: &[&str]) -> oci_spec::runtime::Process {
@@ -171,13 +171,10 @@ async fn forced_delete_kills_and_the_task_dir_is_not_reused() {
     assert_eq!((exit.code, exit.signal), (137, Some(libc::SIGKILL)));
     assert!(reap(shim_pid));
     assert_eq!(bed.runc_status(), None);
-    let reused = Shim::spawn(
-        &common::shim_binary(),
-        &bed.task_dir(),
-        &bed.config(false, false),
-    )
-    .await
-    .expect_err("a task dir serves one task");
+    let reused = bed
+        .try_spawn(false, false)
+        .await
+        .expect_err("a task dir serves one task");
     assert!(matches!(reused, ShimError::TaskDirInUse { .. }), "{reused}");
 }
 
@@ -290,13 +287,10 @@ async fn killed_shim_reports_a_lost_status_never_zero() {
 async fn runtime_errors_surface_with_their_message() {
     require_prerequisites();
     let bed = Bed::new("nobinary", &Spec::new(&["/no/such/program"]));
-    let error = Shim::spawn(
-        &common::shim_binary(),
-        &bed.task_dir(),
-        &bed.config(false, false),
-    )
-    .await
-    .expect_err("creating a container whose program is missing fails");
+    let error = bed
+        .try_spawn(false, false)
+        .await
+        .expect_err("creating a container whose program is missing fails");
     let message = error.to_string();
     assert!(matches!(error, ShimError::Start { .. }), "{message}");
     assert!(message.contains("/no/such/program"), "{message}");
@@ -340,12 +334,7 @@ async fn bad_requests_get_clear_answers() {
         FailureKind::AlreadyExists
     );
     assert!(matches!(
-        Shim::spawn(
-            &common::shim_binary(),
-            &bed.task_dir(),
-            &bed.config(false, false)
-        )
-        .await,
+        bed.try_spawn(false, false).await,
         Err(ShimError::AlreadyRunning { .. })
     ));
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use skiff_runtime::shim::{Shim, ShimClient};
+use skiff_runtime::shim::{Shim, ShimClient, ShimError};
 use skiff_runtime::task::{ExecId, ShimConfig, TaskDir};
 
 pub const BUSYBOX: &str = "/bin/busybox";
@@ -169,13 +169,18 @@ impl Bed {
     }
 
     pub async fn spawn(&self, terminal: bool, stdin: bool) -> ShimClient {
+        self.try_spawn(terminal, stdin)
+            .await
+            .expect("spawn the shim")
+    }
+
+    pub async fn try_spawn(&self, terminal: bool, stdin: bool) -> Result<ShimClient, ShimError> {
         Shim::spawn(
             &shim_binary(),
             &self.task_dir(),
             &self.config(terminal, stdin),
         )
         .await
-        .expect("spawn the shim")
     }
 
     /// `runc state ID` on the test's root: `None` once runc has no such container.
