@@ -11,6 +11,12 @@ use crate::client_config::{write_docker_config, write_hosts_toml};
 /// Writes `dir/skiffd.toml`: `host` over plain HTTP (its `hosts.toml` under `dir/certs.d`), no
 /// credentials, no background fetching, debug logs of the snapshotter. Returns the file's path.
 pub fn write_lazy_skiffd_config(dir: &Path, host: &str) -> Result<PathBuf> {
+    write_skiffd_config(dir, host, false)
+}
+
+/// Like [`write_lazy_skiffd_config`], with background fetching as skiffd's default has it when
+/// `background_fetch`.
+pub fn write_skiffd_config(dir: &Path, host: &str, background_fetch: bool) -> Result<PathBuf> {
     let certs_d = dir.join("certs.d");
     write_hosts_toml(&certs_d, host, Some(&format!("http://{host}")), &[])?;
     let docker_config = write_docker_config(&dir.join("docker"), &[])?;
@@ -19,9 +25,14 @@ pub fn write_lazy_skiffd_config(dir: &Path, host: &str) -> Result<PathBuf> {
     std::fs::write(
         &path,
         format!(
-            "[registry]\nconfig_path = {}\ndocker_config = {}\n\n[lazy]\nbackground_parallel_requests = 0\n\n[log]\nlevel = \"info,skiff_snapshotter=debug\"\n",
+            "[registry]\nconfig_path = {}\ndocker_config = {}\n\n{}[log]\nlevel = \"info,skiff_snapshotter=debug\"\n",
             quote(&certs_d),
             quote(&docker_config),
+            if background_fetch {
+                ""
+            } else {
+                "[lazy]\nbackground_parallel_requests = 0\n\n"
+            },
         ),
     )?;
     Ok(path)

@@ -36,7 +36,7 @@ pub use image::{
     EntryKind, FileContents, ImageSpec, LayerCompression, LayerSpec, MultiPlatformSpec, OciLayout,
     Platform,
 };
-pub use lazy_setup::{lazy_mounts_under, write_lazy_skiffd_config, LazyMount};
+pub use lazy_setup::{lazy_mounts_under, write_lazy_skiffd_config, write_skiffd_config, LazyMount};
 pub use mounts::{mounts_under, unmount_all_under};
 pub use prereq::require;
 pub use process::{processes_mentioning, wait_until, ChildProcess};

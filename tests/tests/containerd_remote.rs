@@ -8,14 +8,14 @@
 //! snapshotter. Removing the images unmounts the layers; restarting skiffd while containerd keeps running
 //! mounts them again.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use skiff_tests::{
-    convert_image, mounts_under, require, wait_until, write_docker_config, write_hosts_toml,
-    Containerd, ContainerdConfig, FaultProxy, ImageSpec, LayerSpec, LazyFormat, MultiPlatformSpec,
-    Platform, ProxyPlugin, Registry, RegistryAuth, Skiffd, SkiffdOptions,
+    convert_image, lazy_mounts_under, mounts_under, require, wait_until, write_lazy_skiffd_config,
+    Containerd, ContainerdConfig, FaultProxy, ImageSpec, LayerSpec, LazyFormat, LazyMount,
+    MultiPlatformSpec, Platform, ProxyPlugin, Registry, RegistryAuth, Skiffd, SkiffdOptions,
 };
 
 const TOOLS: &[&str] = &[
@@ -32,55 +32,6 @@ const TOOLS: &[&str] = &[
 
 /// Bytes of incompressible data in the image that the command never reads.
 const UNREAD_BYTES: usize = 24 << 20;
-
-/// A FUSE mount of skiffd's lazy filesystem, from /proc/self/mountinfo.
-#[derive(Debug)]
-struct LazyMount {
-    mount_point: PathBuf,
-    layer_digest: String,
-}
-
-/// skiff's FUSE mounts (fs type `fuse.skiff`, source `skiff:sha256:…`) under `dir`.
-fn lazy_mounts_under(dir: &Path) -> Result<Vec<LazyMount>> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mut found = Vec::new();
-    for line in info.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mount_point = PathBuf::from(left.split(' ').nth(4).unwrap_or_default());
-        let mut right = right.split(' ');
-        let (fs_type, source) = (right.next().unwrap_or(""), right.next().unwrap_or(""));
-        if fs_type.starts_with("fuse") && mount_point.starts_with(dir) {
-            if let Some(digest) = source.strip_prefix("skiff:") {
-                found.push(LazyMount {
-                    mount_point,
-                    layer_digest: digest.to_owned(),
-                });
-            }
-        }
-    }
-    Ok(found)
-}
-
-/// Writes skiffd's config: its registry settings reach `host` over plain HTTP (hosts.toml `server`),
-/// no credentials, no background fetching (so the bytes counted are the ones reads needed).
-fn skiffd_config(dir: &Path, host: &str) -> Result<PathBuf> {
-    let certs_d = dir.join("certs.d");
-    write_hosts_toml(&certs_d, host, Some(&format!("http://{host}")), &[])?;
-    let docker_config = write_docker_config(&dir.join("docker"), &[])?;
-    let path = dir.join("skiffd.toml");
-    let quote = |p: &Path| serde_json::to_string(&p.display().to_string()).expect("string");
-    std::fs::write(
-        &path,
-        format!(
-            "[registry]\nconfig_path = {}\ndocker_config = {}\n\n[lazy]\nbackground_parallel_requests = 0\n\n[log]\nlevel = \"info,skiff_snapshotter=debug\"\n",
-            quote(&certs_d),
-            quote(&docker_config),
-        ),
-    )?;
-    Ok(path)
-}
 
 fn layer_digests(manifest: &serde_json::Value) -> Result<Vec<(String, u64)>> {
     manifest["layers"]
@@ -126,7 +77,7 @@ impl Bed {
         }
         let proxy = FaultProxy::in_front_of(&registry)?;
         let config_dir = tempfile::tempdir()?;
-        let config = skiffd_config(config_dir.path(), &proxy.host())?;
+        let config = write_lazy_skiffd_config(config_dir.path(), &proxy.host())?;
         let skiffd = Skiffd::start_with(SkiffdOptions {
             config: Some(config),
             ..SkiffdOptions::default()

@@ -6,14 +6,13 @@
 //! skiffd reads lazy layers with its own registry settings: the mode writes a `hosts.toml` naming the
 //! benchmark registry's host as plain HTTP.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use skiff_tests::{
-    cargo_bin, write_docker_config, write_hosts_toml, Containerd, ContainerdConfig, ProxyPlugin,
-    Skiffd, SkiffdOptions,
+    cargo_bin, write_skiffd_config, Containerd, ContainerdConfig, ProxyPlugin, Skiffd,
+    SkiffdOptions,
 };
 use tempfile::TempDir;
 
@@ -46,7 +45,7 @@ impl SkiffContainerdMode {
         let config = tempfile::Builder::new()
             .prefix("skiff-bench-config-")
             .tempdir()?;
-        let path = skiffd_config(config.path(), registry_host, self.background_fetch)?;
+        let path = write_skiffd_config(config.path(), registry_host, self.background_fetch)?;
         let skiffd = Skiffd::start_with(SkiffdOptions {
             config: Some(path),
             ..SkiffdOptions::default()
@@ -61,29 +60,6 @@ impl SkiffContainerdMode {
             _config: config,
         })
     }
-}
-
-/// skiffd's config: plain HTTP to `host`, no credentials, background fetching as asked.
-fn skiffd_config(dir: &Path, host: &str, background_fetch: bool) -> Result<PathBuf> {
-    let certs_d = dir.join("certs.d");
-    write_hosts_toml(&certs_d, host, Some(&format!("http://{host}")), &[])?;
-    let docker_config = write_docker_config(&dir.join("docker"), &[])?;
-    let mut text = toml::map::Map::new();
-    let mut registry = toml::map::Map::new();
-    registry.insert("config_path".into(), certs_d.display().to_string().into());
-    registry.insert(
-        "docker_config".into(),
-        docker_config.display().to_string().into(),
-    );
-    text.insert("registry".into(), registry.into());
-    if !background_fetch {
-        let mut lazy = toml::map::Map::new();
-        lazy.insert("background_parallel_requests".into(), 0.into());
-        text.insert("lazy".into(), lazy.into());
-    }
-    let path = dir.join("skiffd.toml");
-    std::fs::write(&path, toml::to_string(&text)?)?;
-    Ok(path)
 }
 
 impl Mode for SkiffContainerdMode {
