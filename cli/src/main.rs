@@ -2,6 +2,7 @@
 //! unix socket and links nothing of the daemon (no RocksDB, no FUSE). `image rpull` instead speaks
 //! containerd's API and resolves the image itself with skiff-fuse's registry client.
 
+mod containers;
 mod content;
 mod images;
 mod namespaces;
@@ -44,6 +45,9 @@ enum Command {
     /// List, inspect and read blobs in the content store.
     #[command(subcommand)]
     Content(content::ContentCommand),
+    /// Create, list, inspect and remove containers.
+    #[command(subcommand, visible_alias = "c")]
+    Container(containers::ContainerCommand),
     /// Print the client's and the daemon's versions.
     Version,
 }
@@ -71,6 +75,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Namespace(command) => namespaces::run(&ctx, command).await,
         Command::Image(command) => images::run(&ctx, command).await,
         Command::Content(command) => content::run(&ctx, command).await,
+        Command::Container(command) => containers::run(&ctx, command).await,
         Command::Version => {
             let server = v1::version_client::VersionClient::new(ctx.channel.clone())
                 .version(v1::VersionRequest {})

@@ -15,11 +15,12 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tracing::info;
 
 use crate::config::Config;
+use crate::containers::Containers;
 use crate::content::{ContentError, ContentStore};
 use crate::images::Images;
 use crate::lazy_layers::{FuseRemoteLayers, LazyLayersError};
 use crate::meta::{MetaError, MetaStore};
-use crate::service::Services;
+use crate::service::{ContainersService, Services};
 use crate::snapshots::service::SnapshotsService;
 use crate::snapshots::{SnapshotError, Snapshotter};
 
@@ -129,6 +130,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tokio::task::spawn_blocking(move || snapshotter.remount_remote()).await??;
     }
     services.images = services.images.with_snapshotter(snapshotter.clone());
+    let containers = Containers::new(
+        services.meta.clone(),
+        services.content.clone(),
+        services.images.clone(),
+        snapshotter.clone(),
+        config.root.join("scratch"),
+    );
     let listener = match bind(&config.address) {
         Ok(listener) => listener,
         Err(err) => {
@@ -154,6 +162,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         ))
         .add_service(v1::images_server::ImagesServer::new(services.clone()))
         .add_service(v1::content_server::ContentServer::new(services))
+        .add_service(v1::containers_server::ContainersServer::new(
+            ContainersService(containers),
+        ))
         .add_service(SnapshotsService::new(snapshotter.clone()).into_server())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;

@@ -5,6 +5,7 @@
 //! `lazy_layers` (daemon wiring) is the only module naming the lazy filesystem's types.
 
 pub mod config;
+pub mod containers;
 pub mod content;
 pub mod daemon;
 pub mod images;

@@ -13,9 +13,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::warn;
 
+use crate::containers::{ContainerError, Containers, CreateRequest};
 use crate::content::{ContentError, ContentStore, Digest};
 use crate::images::{ImageDetail, ImageError, Images, PullEvent, SnapshotSource};
-use crate::meta::{DescriptorRecord, ImageRecord, MetaError, MetaStore};
+use crate::meta::{ContainerRecord, DescriptorRecord, ImageRecord, MetaError, MetaStore};
 
 type ServiceStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -92,6 +93,25 @@ impl From<ImageError> for Status {
             }
             ImageError::Snapshot(err) => err.into(),
             ImageError::Task(err) => Status::internal(format!("pull task failed: {err}")),
+        }
+    }
+}
+
+impl From<ContainerError> for Status {
+    fn from(err: ContainerError) -> Status {
+        let message = skiff_api::error_chain(&err);
+        match err {
+            ContainerError::Meta(err) => err.into(),
+            ContainerError::Image(err) => err.into(),
+            ContainerError::Content(err) => err.into(),
+            ContainerError::Snapshot(err) => err.into(),
+            ContainerError::InvalidOption { .. }
+            | ContainerError::InvalidRequest { .. }
+            | ContainerError::Spec { .. } => Status::invalid_argument(message),
+            ContainerError::ImageNotUnpacked { .. } | ContainerError::ImageConfig { .. } => {
+                Status::failed_precondition(message)
+            }
+            _ => Status::internal(message),
         }
     }
 }
@@ -438,5 +458,93 @@ impl v1::content_server::Content for Services {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// The `Containers` service over [`Containers`].
+#[derive(Clone)]
+pub struct ContainersService(pub Containers);
+
+fn container(record: &ContainerRecord) -> v1::Container {
+    v1::Container {
+        id: record.id.clone(),
+        image: record.image.clone(),
+        snapshot_key: record.snapshot_key.clone(),
+        runtime: record.runtime.clone(),
+        spec: serde_json::to_vec(&record.spec).unwrap_or_default(),
+        labels: record.labels.clone().into_iter().collect(),
+        created_at: Some(timestamp(record.created_at)),
+        updated_at: Some(timestamp(record.updated_at)),
+    }
+}
+
+#[tonic::async_trait]
+impl v1::containers_server::Containers for ContainersService {
+    async fn create(
+        &self,
+        request: Request<v1::CreateContainerRequest>,
+    ) -> Result<Response<v1::Container>, Status> {
+        let request = request.into_inner();
+        let options = request.options.unwrap_or_default();
+        let create = CreateRequest {
+            id: request.id,
+            image: request.image,
+            runtime: request.runtime,
+            labels: request.labels.into_iter().collect(),
+            args: options.args,
+            env: options.env,
+            user: options.user,
+            hostname: options.hostname,
+            mounts: options.mounts,
+            memory: options.memory,
+            cpus: options.cpus,
+            pids_limit: options.pids_limit,
+            read_only: options.read_only,
+            tty: options.tty,
+            hooks: options.hooks,
+        };
+        let record = self.0.create(&request.namespace, create).await?;
+        Ok(Response::new(container(&record)))
+    }
+
+    async fn get(
+        &self,
+        request: Request<v1::GetContainerRequest>,
+    ) -> Result<Response<v1::Container>, Status> {
+        let request = request.into_inner();
+        let record = self.0.get(&request.namespace, &request.id)?;
+        Ok(Response::new(container(&record)))
+    }
+
+    async fn list(
+        &self,
+        request: Request<v1::ListContainersRequest>,
+    ) -> Result<Response<v1::ListContainersResponse>, Status> {
+        let records = self.0.list(&request.into_inner().namespace)?;
+        Ok(Response::new(v1::ListContainersResponse {
+            containers: records.iter().map(container).collect(),
+        }))
+    }
+
+    async fn update(
+        &self,
+        request: Request<v1::UpdateContainerRequest>,
+    ) -> Result<Response<v1::Container>, Status> {
+        let request = request.into_inner();
+        let record = self.0.set_labels(
+            &request.namespace,
+            &request.id,
+            request.labels.into_iter().collect(),
+        )?;
+        Ok(Response::new(container(&record)))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<v1::DeleteContainerRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        let request = request.into_inner();
+        self.0.delete(&request.namespace, &request.id).await?;
+        Ok(Response::new(v1::Empty {}))
     }
 }

@@ -82,6 +82,50 @@ pub fn mounts(
     }
 }
 
+impl Mount {
+    /// Mounts this at `target` (an existing directory): a bind mount (`rbind`, made read-only by a remount
+    /// when `ro`), or a filesystem of `fs_type` with the options as its data.
+    pub fn mount_at(&self, target: &Path) -> nix::Result<()> {
+        use nix::mount::{mount, MsFlags};
+        if self.fs_type == "bind" {
+            let recursive = self.options.iter().any(|o| o == "rbind");
+            let mut flags = MsFlags::MS_BIND;
+            if recursive {
+                flags |= MsFlags::MS_REC;
+            }
+            mount(
+                Some(self.source.as_str()),
+                target,
+                None::<&str>,
+                flags,
+                None::<&str>,
+            )?;
+            if self.options.iter().any(|o| o == "ro") {
+                let remounted = mount(
+                    None::<&str>,
+                    target,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                    None::<&str>,
+                );
+                if let Err(err) = remounted {
+                    let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+                    return Err(err);
+                }
+            }
+            return Ok(());
+        }
+        let data = self.options.join(",");
+        mount(
+            Some(self.source.as_str()),
+            target,
+            Some(self.fs_type.as_str()),
+            MsFlags::empty(),
+            Some(data.as_str()),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
