@@ -1,5 +1,6 @@
 //! End to end: containerd's own snapshotter conformance suite (containerd 1.6 `snapshots/testsuite`, built
-//! from Debian's Go sources by `../shared/snapshotter-testsuite/`) against the real skiffd's
+//! from Debian's Go sources by the harness in `../shared/snapshotter-testsuite/`, or its copy in
+//! `tests/snapshotter-testsuite/` when the repository is cloned elsewhere) against the real skiffd's
 //! snapshots.v1 service on its main socket, in both key modes: `prefix` (parallel subtests, client-side Walk
 //! filters, as containerd's metadata layer) and `raw` (server-side filters). Expected: what containerd's
 //! own overlayfs snapshotter gets, 20 passed and 1 skipped (`Rename`, skipped upstream).
@@ -16,13 +17,18 @@ const TOOLS: &[&str] = &["root", "go", "overlayfs"];
 const CONTAINERD_TESTSUITE_SRC: &str =
     "/usr/share/gocode/src/github.com/containerd/containerd/snapshots/testsuite";
 
-/// `../shared/snapshotter-testsuite` beside the repository (CI clones the repo next to `shared/`).
+/// The harness: `../shared/snapshotter-testsuite` beside the repository when it is there (the project's
+/// shared copy, kept current by its owner), else the copy in `tests/snapshotter-testsuite` (so a clone
+/// anywhere runs it).
 fn suite_dir() -> Result<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/snapshotter-testsuite");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shared = manifest.join("../../shared/snapshotter-testsuite");
+    let vendored = manifest.join("snapshotter-testsuite");
+    let has_suite = |dir: &Path| dir.join("test.sh").is_file() && dir.join("build.sh").is_file();
+    let dir = if has_suite(&shared) { shared } else { vendored };
     ensure!(
-        dir.join("test.sh").is_file() && dir.join("build.sh").is_file(),
-        "the snapshotter conformance suite is missing: expected build.sh and test.sh in {} \
-         (the `shared/` directory must sit beside the skiff repository)",
+        has_suite(&dir),
+        "the snapshotter conformance suite is missing: expected build.sh and test.sh in {}",
         dir.display()
     );
     ensure!(
