@@ -111,7 +111,7 @@ pub async fn run(ctx: &Ctx, command: ImageCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn pull(
+pub(crate) async fn pull(
     client: &mut ImagesClient<tonic::transport::Channel>,
     namespace: String,
     reference: String,

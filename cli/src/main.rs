@@ -8,6 +8,8 @@ mod images;
 mod namespaces;
 mod output;
 mod rpull;
+mod run;
+mod tasks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +50,11 @@ enum Command {
     /// Create, list, inspect and remove containers.
     #[command(subcommand, visible_alias = "c")]
     Container(containers::ContainerCommand),
+    /// Start, inspect, signal and delete tasks (running containers).
+    #[command(subcommand, visible_alias = "t")]
+    Task(tasks::TaskCommand),
+    /// Run a container: pull the image if needed, create the container, start its task.
+    Run(Box<run::RunArgs>),
     /// Print the client's and the daemon's versions.
     Version,
 }
@@ -76,6 +83,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(command) => images::run(&ctx, command).await,
         Command::Content(command) => content::run(&ctx, command).await,
         Command::Container(command) => containers::run(&ctx, command).await,
+        Command::Task(command) => tasks::run(&ctx, command).await,
+        Command::Run(args) => run::run(&ctx, *args).await,
         Command::Version => {
             let server = v1::version_client::VersionClient::new(ctx.channel.clone())
                 .version(v1::VersionRequest {})
@@ -108,6 +117,10 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            // A container's exit code is passed on as ours, silently.
+            if let Some(code) = err.downcast_ref::<tasks::ExitCode>() {
+                return ExitCode::from(code.0);
+            }
             eprintln!("skiff: {err:#}");
             ExitCode::FAILURE
         }

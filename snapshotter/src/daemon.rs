@@ -20,9 +20,10 @@ use crate::content::{ContentError, ContentStore};
 use crate::images::Images;
 use crate::lazy_layers::{FuseRemoteLayers, LazyLayersError};
 use crate::meta::{MetaError, MetaStore};
-use crate::service::{ContainersService, Services};
+use crate::service::{ContainersService, Services, TasksService};
 use crate::snapshots::service::SnapshotsService;
 use crate::snapshots::{SnapshotError, Snapshotter};
+use crate::tasks::Tasks;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -137,6 +138,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         snapshotter.clone(),
         config.root.join("scratch"),
     );
+    // Tasks live in task dirs under the root, each held by its own shim: a restarted skiffd finds them.
+    let tasks = Tasks::new(
+        containers.clone(),
+        snapshotter.clone(),
+        config.root.join("tasks"),
+        config.root.join("runc"),
+        None,
+    );
     let listener = match bind(&config.address) {
         Ok(listener) => listener,
         Err(err) => {
@@ -163,8 +172,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .add_service(v1::images_server::ImagesServer::new(services.clone()))
         .add_service(v1::content_server::ContentServer::new(services))
         .add_service(v1::containers_server::ContainersServer::new(
-            ContainersService(containers),
+            ContainersService(containers, tasks.clone()),
         ))
+        .add_service(v1::tasks_server::TasksServer::new(TasksService(tasks)))
         .add_service(SnapshotsService::new(snapshotter.clone()).into_server())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;

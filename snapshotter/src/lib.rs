@@ -13,4 +13,5 @@ pub mod lazy_layers;
 pub mod meta;
 pub mod service;
 pub mod snapshots;
+pub mod tasks;
 pub mod unpack;

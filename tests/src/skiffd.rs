@@ -7,6 +7,8 @@ use std::process::{Command, ExitStatus, Output};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use tempfile::TempDir;
 
 use crate::process::{check_output, run, wait_until, ChildProcess};
@@ -183,6 +185,36 @@ impl Skiffd {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// Kills skiffd with SIGKILL (no shutdown at all, as in a crash) and starts it again with the same root,
+    /// socket and options.
+    pub fn kill_and_restart(&mut self) -> Result<()> {
+        if let Some(mut process) = self.process.take() {
+            let _ = kill(Pid::from_raw(process.pid() as i32), Signal::SIGKILL);
+            process.stop();
+        }
+        self.spawn()
+    }
+
+    /// Ends every container skiffd's tasks still run (through runc with skiffd's `--root ROOT/runc`) and
+    /// their shims, which carry the root's path on their command lines.
+    fn end_tasks(&self) {
+        let runc_root = self.root().join("runc");
+        if let Ok(entries) = std::fs::read_dir(&runc_root) {
+            for entry in entries.flatten() {
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&runc_root)
+                    .args(["delete", "-f"])
+                    .arg(entry.file_name())
+                    .output();
+            }
+        }
+        let root = self.root().display().to_string();
+        for (pid, _) in crate::process::processes_mentioning(&root) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+
     /// Stops skiffd now (SIGTERM, SIGKILL after 10 s) and returns how it exited.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         self.process.as_mut().map(ChildProcess::stop)
@@ -194,6 +226,7 @@ impl Drop for Skiffd {
         if let Some(mut process) = self.process.take() {
             process.stop();
         }
+        self.end_tasks();
         let failed = crate::mounts::unmount_all_under(self.dir.path());
         if !failed.is_empty() {
             eprintln!("skiff-tests: could not unmount under skiffd dir: {failed:?}");

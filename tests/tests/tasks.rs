@@ -1,0 +1,186 @@
+//! End to end: containers run by the real runc through skiffd's tasks and `skiff-shim`, driven by the
+//! `skiff` CLI like ctr: the task lifecycle (create, start, ls, exec, pause, resume, kill, wait, delete),
+//! `skiff run` attached with the container's exit code, `--rm`, limits and a read-only root visible inside,
+//! namespaces, and tasks that survive skiffd being stopped (SIGTERM) or killed (SIGKILL).
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use skiff_tests::{require, wait_until, ImageSpec, LayerSpec, Registry, RegistryAuth, Skiffd};
+
+const TOOLS: &[&str] = &[
+    "root",
+    "docker-registry",
+    "skopeo",
+    "busybox",
+    "overlayfs",
+    "runc",
+];
+
+/// A registry holding a busybox image, and a skiffd that pulled it.
+fn bed() -> Result<(Registry, Skiffd, String)> {
+    require(TOOLS)?;
+    let registry = Registry::start(RegistryAuth::Anonymous)?;
+    let image = ImageSpec::new()
+        .busybox()
+        .layer(LayerSpec::new().file("etc/motd", "hello from the image\n"))
+        .cmd(&["/bin/sh", "-c", "cat /etc/motd"]);
+    registry.push(&image.build_layout()?, "bb:1")?;
+    let reference = registry.reference("bb:1");
+    let skiffd = Skiffd::start()?;
+    skiffd.skiff_ok(&["image", "pull", "--plain-http", &reference])?;
+    Ok((registry, skiffd, reference))
+}
+
+fn status_of(skiffd: &Skiffd, namespace: &str, id: &str) -> Result<Option<(String, String)>> {
+    let listing = skiffd.skiff_ok(&["-n", namespace, "task", "ls"])?;
+    Ok(listing.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        (cols.first() == Some(&id)).then(|| (cols[1].to_owned(), cols[2].to_owned()))
+    }))
+}
+
+#[test]
+fn the_ctr_lifecycle_and_skiff_run() -> Result<()> {
+    let (_registry, skiffd, reference) = bed()?;
+
+    // run, attached: the image's command, its output, exit code 0; --rm leaves nothing.
+    let out = skiffd.skiff_ok(&["run", "--rm", &reference, "r1"])?;
+    ensure!(out.contains("hello from the image"), "{out:?}");
+    ensure!(skiffd
+        .skiff_ok(&["container", "ls", "-q"])?
+        .trim()
+        .is_empty());
+    ensure!(skiffd.skiff_ok(&["task", "ls", "-q"])?.trim().is_empty());
+    // The exit code is passed on, stderr too.
+    let failed = skiffd.skiff(&[
+        "run",
+        "--rm",
+        &reference,
+        "r2",
+        "sh",
+        "-c",
+        "echo oops >&2; exit 7",
+    ])?;
+    ensure!(failed.status.code() == Some(7), "{failed:?}");
+    ensure!(String::from_utf8_lossy(&failed.stderr).contains("oops"));
+    // stdin reaches the container with -i.
+    let echoed = std::process::Command::new(skiff_tests::cargo_bin("skiff")?)
+        .args(["--address"])
+        .arg(skiffd.socket())
+        .args(["run", "--rm", "-i", &reference, "r3", "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(b"piped in\n")?;
+            child.wait_with_output()
+        })?;
+    ensure!(
+        String::from_utf8_lossy(&echoed.stdout).contains("piped in"),
+        "{echoed:?}"
+    );
+
+    // The ctr lifecycle: create (no process), start -d, ls RUNNING, exec, pause, resume, kill, wait, rm.
+    skiffd.skiff_ok(&[
+        "container",
+        "create",
+        &reference,
+        "life",
+        "sh",
+        "-c",
+        "trap 'exit 3' TERM; while true; do sleep 0.1; done",
+    ])?;
+    ensure!(status_of(&skiffd, "default", "life")?.is_none());
+    skiffd.skiff_ok(&["task", "start", "-d", "life"])?;
+    let (pid, status) = status_of(&skiffd, "default", "life")?.expect("a task");
+    ensure!(
+        status == "RUNNING" && pid.parse::<u32>()? > 0,
+        "{pid} {status}"
+    );
+    let exec = skiffd.skiff(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "life",
+        "sh",
+        "-c",
+        "echo from exec; exit 4",
+    ])?;
+    ensure!(exec.status.code() == Some(4), "{exec:?}");
+    ensure!(String::from_utf8_lossy(&exec.stdout).contains("from exec"));
+    skiffd.skiff_ok(&["task", "pause", "life"])?;
+    ensure!(status_of(&skiffd, "default", "life")?.map(|s| s.1) == Some("PAUSED".into()));
+    skiffd.skiff_ok(&["task", "resume", "life"])?;
+    ensure!(status_of(&skiffd, "default", "life")?.map(|s| s.1) == Some("RUNNING".into()));
+    let metrics = skiffd.skiff_ok(&["task", "metrics", "life"])?;
+    ensure!(metrics.lines().count() == 2, "{metrics}");
+    // A container with a task is not removed.
+    ensure!(!skiffd.skiff(&["container", "rm", "life"])?.status.success());
+    skiffd.skiff_ok(&["task", "kill", "-s", "TERM", "life"])?;
+    let waited = skiffd.skiff_ok(&["task", "wait", "life"])?;
+    ensure!(waited.trim() == "3", "exit status {waited:?}");
+    ensure!(status_of(&skiffd, "default", "life")?.map(|s| s.1) == Some("STOPPED".into()));
+    skiffd.skiff_ok(&["task", "rm", "life"])?;
+    skiffd.skiff_ok(&["container", "rm", "life"])?;
+
+    // Namespaces isolate tasks.
+    skiffd.skiff_ok(&["-n", "ns1", "image", "pull", "--plain-http", &reference])?;
+    skiffd.skiff_ok(&["-n", "ns1", "run", "-d", &reference, "iso", "sleep", "60"])?;
+    ensure!(status_of(&skiffd, "ns1", "iso")?.is_some());
+    ensure!(status_of(&skiffd, "default", "iso")?.is_none());
+    skiffd.skiff_ok(&["-n", "ns1", "task", "rm", "-f", "iso"])?;
+    skiffd.skiff_ok(&["-n", "ns1", "container", "rm", "iso"])?;
+    Ok(())
+}
+
+#[test]
+fn limits_and_a_read_only_root_are_visible_inside() -> Result<()> {
+    let (_registry, skiffd, reference) = bed()?;
+    let out = skiffd.skiff_ok(&[
+        "run", "--rm", "--memory", "128m", "--cpus", "0.5", "--pids-limit", "100", "--read-only",
+        "--hostname", "box", &reference, "lim", "sh", "-c",
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us \
+         /sys/fs/cgroup/pids/pids.max; hostname; touch /x 2>/dev/null && echo writable || echo read-only",
+    ])?;
+    let lines: Vec<&str> = out.lines().collect();
+    ensure!(
+        lines == ["134217728", "50000", "100", "box", "read-only"],
+        "inside the container: {lines:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn tasks_outlive_skiffd_and_report_their_exit() -> Result<()> {
+    let (_registry, mut skiffd, reference) = bed()?;
+    skiffd.skiff_ok(&[
+        "run",
+        "-d",
+        &reference,
+        "long",
+        "sh",
+        "-c",
+        "sleep 3; exit 5",
+    ])?;
+    let (pid, _) = status_of(&skiffd, "default", "long")?.expect("a task");
+
+    // SIGTERM: skiffd stops; the container does not.
+    skiffd.restart()?;
+    let (after, status) = status_of(&skiffd, "default", "long")?.expect("the task after a restart");
+    ensure!(after == pid && status == "RUNNING", "{after} {status}");
+
+    // SIGKILL: the same.
+    skiffd.kill_and_restart()?;
+    ensure!(status_of(&skiffd, "default", "long")?.is_some());
+    wait_until("the task to exit", Duration::from_secs(30), || {
+        Ok(status_of(&skiffd, "default", "long")?.map(|s| s.1) == Some("STOPPED".into()))
+    })?;
+    let waited = skiffd.skiff_ok(&["task", "wait", "long"])?;
+    ensure!(waited.trim() == "5", "{waited:?}");
+    skiffd.skiff_ok(&["task", "rm", "long"])?;
+    skiffd.skiff_ok(&["container", "rm", "long"])?;
+    Ok(())
+}
