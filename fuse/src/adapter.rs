@@ -68,11 +68,16 @@ struct Backing {
     opens: usize,
 }
 
-/// Passthrough state: backing files by inode, and which open handles use them.
+/// Passthrough state: backing files by inode, and which open handles use them; and the handles opened
+/// without passthrough, per inode. The kernel keeps one I/O mode per inode while any file of it is open
+/// (an mmap keeps its file open): a passthrough open of an inode that has a cached-mode open fails with
+/// EIO, so an inode opened before it was wholly cached stays in cached mode until its last release.
 #[derive(Default)]
 struct BackingTable {
     by_ino: HashMap<u64, Backing>,
     handles: HashMap<u64, u64>,
+    cached_opens: HashMap<u64, usize>,
+    cached_handles: HashMap<u64, u64>,
 }
 
 struct LayerFs {
@@ -175,8 +180,9 @@ impl Filesystem for LayerFs {
             return;
         }
         let fh = FileHandle(self.next_handle.fetch_add(1, Ordering::Relaxed));
-        if self.passthrough.load(Ordering::Relaxed) {
-            let mut table = self.backing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = self.backing.lock().unwrap_or_else(|e| e.into_inner());
+        let cached_mode = table.cached_opens.contains_key(&ino.0);
+        if self.passthrough.load(Ordering::Relaxed) && !cached_mode {
             if self.ensure_backing(&mut table, ino.0, &reply) {
                 table.handles.insert(fh.0, ino.0);
                 let entry = table.by_ino.get_mut(&ino.0).expect("backing just ensured");
@@ -187,6 +193,9 @@ impl Filesystem for LayerFs {
                 return;
             }
         }
+        *table.cached_opens.entry(ino.0).or_default() += 1;
+        table.cached_handles.insert(fh.0, ino.0);
+        drop(table);
         reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
     }
 
@@ -230,6 +239,14 @@ impl Filesystem for LayerFs {
         reply: ReplyEmpty,
     ) {
         let mut table = self.backing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ino) = table.cached_handles.remove(&fh.0) {
+            if let Some(count) = table.cached_opens.get_mut(&ino) {
+                *count -= 1;
+                if *count == 0 {
+                    table.cached_opens.remove(&ino);
+                }
+            }
+        }
         if let Some(ino) = table.handles.remove(&fh.0) {
             if let Some(entry) = table.by_ino.get_mut(&ino) {
                 entry.opens -= 1;

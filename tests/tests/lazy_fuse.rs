@@ -780,3 +780,48 @@ async fn layer_manager_mounts_refuses_plain_layers_and_unmounts_everything() -> 
     drop(held);
     Ok(())
 }
+
+/// The kernel keeps one I/O mode per inode: a file opened (or mapped, as an executable is) before it was
+/// wholly cached stays in cached mode while that open lives, and a second open of it once cached must not
+/// ask for passthrough (the kernel would answer EIO — what `exec` of a running binary hit in a container).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_held_open_while_it_became_cached_opens_again() -> Result<()> {
+    let fixture = converted_image(LazyFormat::Estargz).await?;
+    let cache = tempfile::tempdir()?;
+    let store = ChunkStore::open(cache.path(), CacheConfig::default())?;
+    let layer = fixture
+        .layers
+        .iter()
+        .find(|l| l.size() > 1 << 20)
+        .context("the layer with data/big.bin")?
+        .clone();
+    let lazy = open_layer(&fixture.client, &fixture.via_proxy, &layer, &store).await?;
+    let (mountpoint, mounted) = mount(&lazy)?;
+    let big = mountpoint.path().join("data/big.bin");
+    let expected = skiff_tests::generated_bytes(42, 5 * 1024 * 1024 + 17);
+    let outcome = blocking(move || {
+        use std::io::Read;
+        // Held open in cached mode while the whole file is read through it (and so cached).
+        let mut held = std::fs::File::open(&big)?;
+        let mut first = Vec::new();
+        held.read_to_end(&mut first)?;
+        ensure!(first == expected, "first read differs");
+        // Opened again while the first handle lives: same mode, correct bytes.
+        let again = std::fs::read(&big)?;
+        ensure!(again == expected, "second read differs");
+        drop(held);
+        // With every cached-mode handle gone, a new open may use passthrough.
+        let last = std::fs::read(&big)?;
+        ensure!(last == expected, "third read differs");
+        Ok(())
+    })
+    .await;
+    let passthrough = lazy.stats().snapshot().passthrough_opens;
+    mounted.unmount()?;
+    outcome?;
+    ensure!(
+        passthrough >= 1,
+        "the open after the cached-mode handle was released did not use passthrough"
+    );
+    Ok(())
+}
