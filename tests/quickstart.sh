@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's first quick-start command: installs the Debian packages, builds skiff, then starts a local
-# registry and skiffd, pulls an image through skiff and checks it (tests/src/bin/skiff-quickstart.rs).
+# registry and skiffd and runs a lazily pulled eStargz container with skiff (tests/src/bin/skiff-quickstart.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
