@@ -182,16 +182,17 @@ impl Filesystem for LayerFs {
         let fh = FileHandle(self.next_handle.fetch_add(1, Ordering::Relaxed));
         let mut table = self.backing.lock().unwrap_or_else(|e| e.into_inner());
         let cached_mode = table.cached_opens.contains_key(&ino.0);
-        if self.passthrough.load(Ordering::Relaxed) && !cached_mode {
-            if self.ensure_backing(&mut table, ino.0, &reply) {
-                table.handles.insert(fh.0, ino.0);
-                let entry = table.by_ino.get_mut(&ino.0).expect("backing just ensured");
-                entry.opens += 1;
-                // The kernel refuses page-cache flags on passthrough opens (FOPEN_PASSTHROUGH_MASK).
-                reply.opened_passthrough(fh, FopenFlags::empty(), &entry.id);
-                crate::fetch::LayerStats::add(&self.layer.stats().passthrough_opens, 1);
-                return;
-            }
+        if self.passthrough.load(Ordering::Relaxed)
+            && !cached_mode
+            && self.ensure_backing(&mut table, ino.0, &reply)
+        {
+            table.handles.insert(fh.0, ino.0);
+            let entry = table.by_ino.get_mut(&ino.0).expect("backing just ensured");
+            entry.opens += 1;
+            // The kernel refuses page-cache flags on passthrough opens (FOPEN_PASSTHROUGH_MASK).
+            reply.opened_passthrough(fh, FopenFlags::empty(), &entry.id);
+            crate::fetch::LayerStats::add(&self.layer.stats().passthrough_opens, 1);
+            return;
         }
         *table.cached_opens.entry(ino.0).or_default() += 1;
         table.cached_handles.insert(fh.0, ino.0);
