@@ -1,5 +1,6 @@
-//! `skiff`: a ctr-like command line client of skiffd. It speaks only skiff's gRPC API over the daemon's
-//! unix socket and links nothing of the daemon (no RocksDB, no FUSE). `image rpull` instead speaks
+//! `skiff`: a ctr-like command line client of skiffd. It speaks only skiff's gRPC API (and, for
+//! `snapshot`, containerd's snapshots.v1) over the daemon's unix socket and links nothing of the daemon (no
+//! RocksDB, no FUSE). `image rpull` instead speaks
 //! containerd's API and resolves the image itself with skiff-fuse's registry client.
 
 mod content;
@@ -7,6 +8,7 @@ mod images;
 mod namespaces;
 mod output;
 mod rpull;
+mod snapshots;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +46,10 @@ enum Command {
     /// List, inspect and read blobs in the content store.
     #[command(subcommand)]
     Content(content::ContentCommand),
+    /// Manage snapshots: prepare, view, commit, remove, list, mount (keys are relative to the namespace;
+    /// image layers are `skiff.image/<chain id>` in every namespace).
+    #[command(subcommand, visible_aliases = ["snapshots", "sn"])]
+    Snapshot(snapshots::SnapshotCommand),
     /// Print the client's and the daemon's versions.
     Version,
 }
@@ -71,6 +77,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Namespace(command) => namespaces::run(&ctx, command).await,
         Command::Image(command) => images::run(&ctx, command).await,
         Command::Content(command) => content::run(&ctx, command).await,
+        Command::Snapshot(command) => snapshots::run(&ctx, command).await,
         Command::Version => {
             let server = v1::version_client::VersionClient::new(ctx.channel.clone())
                 .version(v1::VersionRequest {})
