@@ -62,12 +62,12 @@ pub enum SnapshotCommand {
     #[command(visible_aliases = ["remove", "delete", "del"])]
     Rm {
         /// Snapshots to remove, in this order.
-        #[arg(required = true)]
+        #[arg(required = true, value_name = "KEY")]
         keys: Vec<String>,
     },
     /// Show the snapshots as a tree of parents and their children.
     Tree,
-    /// Show the disk space and inodes snapshots use (all of the namespace's when no KEY is given).
+    /// Show the disk space and inodes snapshots use (every snapshot `ls` shows when no KEY is given).
     #[command(
         after_help = "Committed snapshots report what they held when committed; active ones are measured now."
     )]
@@ -75,6 +75,8 @@ pub enum SnapshotCommand {
         /// Sizes in bytes instead of human-readable units.
         #[arg(short = 'b')]
         bytes: bool,
+        /// Snapshots to measure.
+        #[arg(value_name = "KEY")]
         keys: Vec<String>,
     },
     /// Print the `mount` commands that mount snapshot KEY at TARGET.
@@ -86,9 +88,13 @@ pub enum SnapshotCommand {
         key: String,
     },
     /// Print a snapshot's record (name, parent, kind, labels, times) as JSON.
-    Info { key: String },
+    Info {
+        /// The snapshot to describe.
+        key: String,
+    },
     /// Set labels on a snapshot (LABEL= removes one) and print its labels.
     Label {
+        /// The snapshot to label.
         key: String,
         /// Labels to set, LABEL=VALUE; an empty VALUE removes the label.
         #[arg(value_name = "LABEL=VALUE", value_parser = output::key_value)]
@@ -265,35 +271,17 @@ pub async fn run(ctx: &Ctx, command: SnapshotCommand) -> anyhow::Result<()> {
                 .map_err(|s| keys.error(&format!("mounts of {key}"), &key, s))?
                 .into_inner()
                 .mounts;
-            mount_commands(&target, &mounts)
-                .iter()
-                .for_each(|line| println!("{line}"));
+            print_mount_commands(&target, &mounts);
             Ok(())
         }
         SnapshotCommand::Info { key } => {
-            let info = client
-                .stat(api::StatSnapshotRequest {
-                    snapshotter: SNAPSHOTTER.into(),
-                    key: keys.full(&key)?,
-                })
-                .await
-                .map_err(|s| keys.error(&format!("info of {key}"), &key, s))?
-                .into_inner()
-                .info
-                .with_context(|| format!("info of {key}: skiffd sent no record"))?;
+            let info = stat(&mut client, &keys, &key).await?;
             println!("{}", info_json(&keys, &info)?);
             Ok(())
         }
         SnapshotCommand::Label { key, labels } => {
-            let full = keys.full(&key)?;
             let info = if labels.is_empty() {
-                client
-                    .stat(api::StatSnapshotRequest {
-                        snapshotter: SNAPSHOTTER.into(),
-                        key: full,
-                    })
-                    .await
-                    .map(|r| r.into_inner().info)
+                stat(&mut client, &keys, &key).await?
             } else {
                 let paths = labels.iter().map(|(k, _)| format!("labels.{k}")).collect();
                 let set = labels.into_iter().filter(|(_, v)| !v.is_empty()).collect();
@@ -301,21 +289,40 @@ pub async fn run(ctx: &Ctx, command: SnapshotCommand) -> anyhow::Result<()> {
                     .update(api::UpdateSnapshotRequest {
                         snapshotter: SNAPSHOTTER.into(),
                         info: Some(api::Info {
-                            name: full,
+                            name: keys.full(&key)?,
                             labels: set,
                             ..Default::default()
                         }),
                         update_mask: Some(prost_types::FieldMask { paths }),
                     })
                     .await
-                    .map(|r| r.into_inner().info)
-            }
-            .map_err(|s| keys.error(&format!("label {key}"), &key, s))?
-            .with_context(|| format!("label {key}: skiffd sent no record"))?;
+                    .map_err(|s| keys.error(&format!("label {key}"), &key, s))?
+                    .into_inner()
+                    .info
+                    .with_context(|| format!("label {key}: skiffd sent no record"))?
+            };
             println!("{}", output::labels(&info.labels));
             Ok(())
         }
     }
+}
+
+/// The record of the snapshot `key` (as typed).
+async fn stat(
+    client: &mut SnapshotsClient<Channel>,
+    keys: &Keys<'_>,
+    key: &str,
+) -> anyhow::Result<api::Info> {
+    client
+        .stat(api::StatSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: keys.full(key)?,
+        })
+        .await
+        .map_err(|s| keys.error(&format!("stat {key}"), key, s))?
+        .into_inner()
+        .info
+        .with_context(|| format!("stat {key}: skiffd sent no record"))
 }
 
 /// The name NotFound refers to when preparing: the parent (there is no prepare without one that fails so).
@@ -471,11 +478,15 @@ fn mount_commands(target: &Path, mounts: &[Mount]) -> Vec<String> {
         .collect()
 }
 
+fn print_mount_commands(target: &Path, mounts: &[Mount]) {
+    for line in mount_commands(target, mounts) {
+        println!("{line}");
+    }
+}
+
 fn print_mounts(print: &PrintMounts, mounts: &[Mount]) -> anyhow::Result<()> {
     if let Some(target) = &print.target {
-        mount_commands(target, mounts)
-            .iter()
-            .for_each(|line| println!("{line}"));
+        print_mount_commands(target, mounts);
     }
     if print.mounts {
         println!("{}", mounts_json(mounts)?);
