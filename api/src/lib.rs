@@ -1,6 +1,7 @@
-//! skiff's gRPC protocol (`skiff.v1`), containerd's snapshots.v1 protocol (`containerd`), and what skiffd
-//! and the `skiff` CLI both need to speak them over a unix socket. This crate is deliberately small: the CLI links it and nothing of the daemon (no RocksDB, no
-//! FUSE, no registry client).
+//! skiff's gRPC protocol (`skiff.v1`), containerd's snapshots.v1 protocol (`containerd`), the key scheme
+//! of skiff's own snapshots (`snapshot_keys`), and what skiffd and the `skiff` CLI both need to speak them
+//! over a unix socket. This crate is deliberately small: the CLI links it and nothing of the daemon (no
+//! RocksDB, no FUSE, no registry client).
 
 pub mod v1 {
     //! Generated messages, clients and servers of `proto/skiff/v1/skiff.proto`.
@@ -29,6 +30,8 @@ pub mod containerd {
 
     pub use services::snapshots;
 }
+
+pub mod snapshot_keys;
 
 use std::path::{Path, PathBuf};
 

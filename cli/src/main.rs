@@ -1,5 +1,6 @@
-//! `skiff`: a ctr-like command line client of skiffd. It speaks only skiff's gRPC API over the daemon's
-//! unix socket and links nothing of the daemon (no RocksDB, no FUSE). `image rpull` instead speaks
+//! `skiff`: a ctr-like command line client of skiffd. It speaks only skiff's gRPC API (and, for
+//! `snapshot`, containerd's snapshots.v1) over the daemon's unix socket and links nothing of the daemon (no
+//! RocksDB, no FUSE). `image rpull` instead speaks
 //! containerd's API and resolves the image itself with skiff-fuse's registry client.
 
 mod containers;
@@ -9,6 +10,7 @@ mod namespaces;
 mod output;
 mod rpull;
 mod run;
+mod snapshots;
 mod tasks;
 
 use std::path::PathBuf;
@@ -55,6 +57,10 @@ enum Command {
     Task(tasks::TaskCommand),
     /// Run a container: pull the image if needed, create the container, start its task.
     Run(Box<run::RunArgs>),
+    /// Manage snapshots: prepare, view, commit, remove, list, mount (keys are relative to the namespace;
+    /// image layers are `skiff.image/<chain id>` in every namespace).
+    #[command(subcommand, visible_aliases = ["snapshots", "sn"])]
+    Snapshot(snapshots::SnapshotCommand),
     /// Print the client's and the daemon's versions.
     Version,
 }
@@ -85,6 +91,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Container(command) => containers::run(&ctx, command).await,
         Command::Task(command) => tasks::run(&ctx, command).await,
         Command::Run(args) => run::run(&ctx, *args).await,
+        Command::Snapshot(command) => snapshots::run(&ctx, command).await,
         Command::Version => {
             let server = v1::version_client::VersionClient::new(ctx.channel.clone())
                 .version(v1::VersionRequest {})

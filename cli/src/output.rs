@@ -39,6 +39,13 @@ pub fn age(time: Option<&prost_types::Timestamp>) -> String {
     indicatif::HumanDuration(elapsed).to_string()
 }
 
+/// RFC 3339 in UTC (`2026-01-02T03:04:05Z`), as containerd writes and parses times.
+pub fn rfc3339(time: SystemTime) -> String {
+    time::OffsetDateTime::from(time)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 pub fn labels(labels: &std::collections::HashMap<String, String>) -> String {
     if labels.is_empty() {
         return "-".to_string();

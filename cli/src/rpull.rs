@@ -33,7 +33,7 @@ use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
-use crate::output;
+use crate::output::{self, rfc3339};
 
 /// The gRPC metadata key containerd reads the namespace from.
 const NAMESPACE_HEADER: &str = "containerd-namespace";
@@ -449,13 +449,6 @@ impl From<anyhow::Error> for WriteError {
     fn from(err: anyhow::Error) -> Self {
         WriteError::Failed(err)
     }
-}
-
-/// RFC 3339 in UTC, as containerd parses `containerd.io/gc.expire`.
-fn rfc3339(time: SystemTime) -> String {
-    time::OffsetDateTime::from(time)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// Parses `--user USER:PASS`.

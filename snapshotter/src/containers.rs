@@ -22,9 +22,10 @@ use crate::snapshots::{Mount, SnapshotError, Snapshotter};
 /// The runtime a container gets when the request names none.
 pub const DEFAULT_RUNTIME: &str = "runc";
 
-/// The key of a container's rootfs snapshot: `skiff.ns/{namespace}/{id}`.
+/// The key of a container's rootfs snapshot: `skiff.ns/{namespace}/{id}` (the key `skiff snapshot` shows as
+/// `{id}` in that namespace).
 pub fn container_snapshot_key(namespace: &str, id: &str) -> String {
-    format!("skiff.ns/{namespace}/{id}")
+    skiff_api::snapshot_keys::namespaced(namespace, id)
 }
 
 /// Failures of container operations; [`crate::service`] maps them to gRPC codes.

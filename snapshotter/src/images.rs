@@ -28,7 +28,7 @@ use crate::snapshots::{RemoteLayer, SnapshotError, Snapshotter};
 use crate::unpack::{ChainId, LayerBlob};
 
 /// Key prefix of the committed layer snapshots of skiff's own images: `skiff.image/` + chain id.
-pub const IMAGE_SNAPSHOT_PREFIX: &str = "skiff.image/";
+pub const IMAGE_SNAPSHOT_PREFIX: &str = skiff_api::snapshot_keys::IMAGE_PREFIX;
 
 /// The key of the committed snapshot of a layer stack of skiff's own images.
 pub fn image_snapshot_key(chain: &ChainId) -> String {
