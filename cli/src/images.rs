@@ -66,20 +66,28 @@ pub async fn run(ctx: &Ctx, command: ImageCommand) -> anyhow::Result<()> {
                 images.iter().for_each(|i| println!("{}", i.name));
                 return Ok(());
             }
-            let rows = images
-                .iter()
-                .map(|image| {
-                    let target = image.target.clone().unwrap_or_default();
-                    vec![
-                        image.name.clone(),
-                        target.media_type,
-                        target.digest,
-                        output::size(target.size),
-                        output::age(image.created_at.as_ref()),
-                    ]
-                })
-                .collect();
-            output::table(&["REF", "TYPE", "DIGEST", "SIZE", "AGE"], rows)
+            let mut rows = Vec::with_capacity(images.len());
+            for image in &images {
+                let target = image.target.clone().unwrap_or_default();
+                // One Get per image: what its lazily mounted layers have fetched.
+                let fetched = client
+                    .get(v1::GetImageRequest {
+                        namespace: ctx.namespace.clone(),
+                        name: image.name.clone(),
+                    })
+                    .await
+                    .map(|detail| fetched_summary(&detail.into_inner().fetch))
+                    .unwrap_or_else(|_| "-".to_owned());
+                rows.push(vec![
+                    image.name.clone(),
+                    target.media_type,
+                    target.digest,
+                    output::size(target.size),
+                    fetched,
+                    output::age(image.created_at.as_ref()),
+                ]);
+            }
+            output::table(&["REF", "TYPE", "DIGEST", "SIZE", "FETCHED", "AGE"], rows)
         }
         ImageCommand::Rm { names } => {
             for name in names {
@@ -205,13 +213,75 @@ fn print_detail(detail: &v1::ImageDetail) {
     println!("Manifest:  {}", describe(&detail.manifest));
     println!("Config:    {}", describe(&detail.config));
     println!("Labels:    {}", output::labels(&image.labels));
+    println!("Fetched:   {}", fetched_summary(&detail.fetch));
     println!("Layers:");
-    for layer in &detail.layers {
+    for (i, layer) in detail.layers.iter().enumerate() {
         println!("  {}", describe(&Some(layer.clone())));
+        if let Some(fetch) = detail.fetch.get(i).filter(|f| f.lazy) {
+            println!(
+                "    lazy: {} of {} fetched in {} requests",
+                output::size(fetch.bytes_fetched),
+                output::size(fetch.size),
+                fetch.requests
+            );
+        }
         let mut annotations: Vec<_> = layer.annotations.iter().collect();
         annotations.sort();
         for (key, value) in annotations {
             println!("    {key}={value}");
         }
+    }
+}
+
+/// `lazy 3% (1.1 MB of 34.6 MB)` when any layer is mounted lazily, `full` when every layer was downloaded,
+/// `-` when the image has no layer snapshots.
+fn fetched_summary(fetch: &[v1::LayerFetch]) -> String {
+    if fetch.is_empty() {
+        return "-".to_owned();
+    }
+    let total: u64 = fetch.iter().map(|f| f.size).sum();
+    if !fetch.iter().any(|f| f.lazy) {
+        return "full".to_owned();
+    }
+    // Layers downloaded whole count in full.
+    let fetched: u64 = fetch
+        .iter()
+        .map(|f| {
+            if f.lazy {
+                f.bytes_fetched.min(f.size)
+            } else {
+                f.size
+            }
+        })
+        .sum();
+    let percent = if total == 0 {
+        100.0
+    } else {
+        fetched as f64 * 100.0 / total as f64
+    };
+    format!(
+        "lazy {percent:.0}% ({} of {})",
+        output::size(fetched),
+        output::size(total)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fetched_summary_counts_downloaded_layers_in_full() {
+        let layer = |lazy, bytes_fetched, size| v1::LayerFetch {
+            digest: String::new(),
+            lazy,
+            bytes_fetched,
+            requests: 1,
+            size,
+        };
+        assert_eq!(fetched_summary(&[]), "-");
+        assert_eq!(fetched_summary(&[layer(false, 0, 100)]), "full");
+        let mixed = fetched_summary(&[layer(false, 0, 1000), layer(true, 0, 9000)]);
+        assert!(mixed.starts_with("lazy 10% ("), "{mixed}");
     }
 }

@@ -118,6 +118,9 @@ pub struct ImageDetail {
     pub platform: String,
     /// The key of the committed snapshot of all the image's layers, when it exists.
     pub snapshot: Option<String>,
+    /// Per layer (bottom first, as `layers`): what a lazily mounted layer has fetched; `None` for a layer
+    /// that is unpacked or has no snapshot.
+    pub lazy: Vec<Option<crate::snapshots::RemoteLayerStats>>,
 }
 
 /// Bytes between two progress reports of one blob.
@@ -623,6 +626,15 @@ impl Images {
                     detail.snapshot = Some(key);
                 }
             }
+            detail.lazy = chain
+                .iter()
+                .map(|chain| {
+                    snapshotter
+                        .remote_stats(&image_snapshot_key(chain))
+                        .ok()
+                        .flatten()
+                })
+                .collect();
         }
         Ok(detail)
     }
@@ -662,6 +674,7 @@ impl Images {
             layers: parsed.layers().iter().map(DescriptorRecord::from).collect(),
             platform,
             snapshot: None,
+            lazy: Vec::new(),
         })
     }
 

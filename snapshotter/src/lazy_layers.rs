@@ -20,7 +20,7 @@ use tokio::runtime::Handle;
 use tracing::debug;
 
 use crate::config::Config;
-use crate::snapshots::{RemoteError, RemoteLayer, RemoteLayers};
+use crate::snapshots::{RemoteError, RemoteLayer, RemoteLayerStats, RemoteLayers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LazyLayersError {
@@ -166,6 +166,18 @@ impl RemoteLayers for FuseRemoteLayers {
     fn mount(&self, layer: &RemoteLayer, mountpoint: &Path) -> Result<(), RemoteError> {
         // Called on the blocking pool (or a plain thread), never on a runtime worker.
         self.runtime.block_on(self.mount_async(layer, mountpoint))
+    }
+
+    fn stats(&self, mountpoint: &Path) -> Option<RemoteLayerStats> {
+        self.manager
+            .list()
+            .into_iter()
+            .find(|m| m.mountpoint == mountpoint)
+            .map(|m| RemoteLayerStats {
+                bytes_fetched: m.stats.bytes_fetched,
+                requests: m.stats.requests,
+                file_bytes: m.total_file_bytes,
+            })
     }
 
     fn unmount(&self, mountpoint: &Path) -> Result<(), RemoteError> {

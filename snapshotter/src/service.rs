@@ -148,6 +148,21 @@ fn image_detail(detail: &ImageDetail) -> v1::ImageDetail {
         layers: detail.layers.iter().map(descriptor).collect(),
         platform: detail.platform.clone(),
         snapshot: detail.snapshot.clone().unwrap_or_default(),
+        fetch: detail
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, layer)| {
+                let lazy = detail.lazy.get(i).copied().flatten();
+                v1::LayerFetch {
+                    digest: layer.digest.clone(),
+                    lazy: lazy.is_some(),
+                    bytes_fetched: lazy.map_or(0, |s| s.bytes_fetched),
+                    requests: lazy.map_or(0, |s| s.requests),
+                    size: layer.size,
+                }
+            })
+            .collect(),
     }
 }
 

@@ -184,3 +184,60 @@ fn tasks_outlive_skiffd_and_report_their_exit() -> Result<()> {
     skiffd.skiff_ok(&["container", "rm", "long"])?;
     Ok(())
 }
+
+/// The main job: an eStargz image (converted by ctr-remote) pulled lazily by `skiff run` and started with
+/// runc; `image ls` and `image info` report how little of it was fetched.
+#[test]
+fn a_lazy_image_runs_and_reports_what_it_fetched() -> Result<()> {
+    require(&[
+        "root",
+        "/dev/fuse",
+        "docker-registry",
+        "skopeo",
+        "busybox",
+        "overlayfs",
+        "runc",
+        "containerd",
+        "ctr-remote",
+    ])?;
+    let registry = Registry::start(RegistryAuth::Anonymous)?;
+    let image = ImageSpec::new()
+        .busybox()
+        .layer(
+            LayerSpec::new()
+                .generated_file("data/unread.bin", 16 << 20, 3)
+                .file("etc/motd", "lazy hello\n"),
+        )
+        .cmd(&["/bin/sh", "-c", "cat /etc/motd"]);
+    registry.push(&image.build_layout()?, "bb:org")?;
+    {
+        let converter = skiff_tests::Containerd::start()?;
+        skiff_tests::convert_estargz(&converter, &registry.host(), "bb:org", "bb:esgz", None)?;
+    }
+    let config = tempfile::tempdir()?;
+    let skiffd = Skiffd::start_with(skiff_tests::SkiffdOptions {
+        config: Some(skiff_tests::write_lazy_skiffd_config(
+            config.path(),
+            &registry.host(),
+        )?),
+        ..Default::default()
+    })?;
+    let reference = registry.reference("bb:esgz");
+    let out = skiffd.skiff_ok(&["run", "--rm", "--plain-http", &reference, "lazy"])?;
+    ensure!(out.contains("lazy hello"), "{out:?}");
+    let listing = skiffd.skiff_ok(&["image", "ls"])?;
+    let row = listing
+        .lines()
+        .find(|l| l.starts_with(&reference))
+        .unwrap_or_default();
+    let percent: u32 = row
+        .split("lazy ")
+        .nth(1)
+        .and_then(|rest| rest.split('%').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100);
+    ensure!(percent < 25, "FETCHED of a lazily run image: {row:?}");
+    let info = skiffd.skiff_ok(&["image", "info", &reference])?;
+    ensure!(info.matches("lazy:").count() == 2, "{info}");
+    Ok(())
+}

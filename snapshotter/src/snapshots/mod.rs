@@ -44,7 +44,7 @@ use crate::meta::{
 pub use crate::meta::{SnapshotKind, UsageRecord as Usage};
 pub use filter::{AnyFilter, Fields, FilterError};
 pub use mounts::{mounts, Mount, SnapshotDirs};
-pub use remote::{RemoteError, RemoteLayer, RemoteLayers};
+pub use remote::{RemoteError, RemoteLayer, RemoteLayerStats, RemoteLayers};
 
 use crate::unpack::{apply_layer, Applied, LayerBlob, UnpackError};
 
@@ -408,6 +408,15 @@ impl Snapshotter {
             }
         }
         Ok(())
+    }
+
+    /// For a remote snapshot: what its layer has fetched so far; `None` for any other snapshot.
+    pub fn remote_stats(&self, key: &str) -> Result<Option<RemoteLayerStats>, SnapshotError> {
+        let record = self.get(key)?;
+        Ok(match (&record.remote, &self.remote) {
+            (Some(_), Some(remote)) => remote.stats(&self.dirs().fs(record.id)),
+            _ => None,
+        })
     }
 
     /// Where the snapshot directories are.

@@ -211,6 +211,22 @@ pub trait RemoteLayers: Send + Sync {
     /// Unmounts what [`RemoteLayers::mount`] mounted at `mountpoint`; [`RemoteError::NotMounted`] if
     /// nothing is.
     fn unmount(&self, mountpoint: &Path) -> Result<(), RemoteError>;
+    /// What the layer mounted at `mountpoint` has fetched so far; `None` when nothing is mounted there.
+    fn stats(&self, mountpoint: &Path) -> Option<RemoteLayerStats> {
+        let _ = mountpoint;
+        None
+    }
+}
+
+/// How much of a remote layer has been read from the registry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemoteLayerStats {
+    /// Compressed bytes fetched (on demand, prefetch and background).
+    pub bytes_fetched: u64,
+    /// Range requests made.
+    pub requests: u64,
+    /// Bytes of all the layer's files, uncompressed.
+    pub file_bytes: u64,
 }
 
 #[cfg(test)]
