@@ -1,5 +1,5 @@
 //! `skiff-bench run` as a user runs it: a registry storage dir holding a plain and an eStargz variant of
-//! an image, a workloads file, both containerd modes, one cold and one warm start each; results.csv has
+//! an image, a workloads file, all three modes, one cold and one warm start each; results.csv has
 //! the pinned columns and a row per start, chart.png is drawn, and the table compares against the
 //! overlayfs baseline.
 
@@ -80,9 +80,9 @@ fn run_writes_a_row_per_start_with_the_pinned_columns() -> anyhow::Result<()> {
         );
     }
     let rows: Vec<&str> = lines.collect();
-    // 2 variants × 2 modes × (cold + warm).
-    ensure!(rows.len() == 8, "{} rows:\n{csv}", rows.len());
-    for mode in ["overlayfs", "skiff-containerd"] {
+    // 2 variants × 3 modes × (cold + warm).
+    ensure!(rows.len() == 12, "{} rows:\n{csv}", rows.len());
+    for mode in ["overlayfs", "skiff", "skiff-containerd"] {
         for variant in ["org", "esgz"] {
             ensure!(
                 rows.iter()
@@ -95,7 +95,7 @@ fn run_writes_a_row_per_start_with_the_pinned_columns() -> anyhow::Result<()> {
     }
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("results.json"))?)?;
-    ensure!(json.as_array().map(Vec::len) == Some(8));
+    ensure!(json.as_array().map(Vec::len) == Some(12));
     let png = std::fs::read(out.join("chart.png"))?;
     ensure!(
         png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 2000,

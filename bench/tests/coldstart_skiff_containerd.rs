@@ -1,10 +1,11 @@
-//! The skiff-containerd mode end to end: an eStargz image (converted by `ctr-remote`) behind a shaped
-//! link, a fresh skiffd + containerd per cold start, `skiff image rpull`, `ctr` create/start until the
-//! ready line. With background fetching off, the start reads only what the command needs: far less than
-//! the image.
+//! The skiff modes end to end: an eStargz image (converted by `ctr-remote`) behind a shaped link; a
+//! fresh skiffd (+ containerd, for skiff-containerd) per cold start; `skiff image rpull` and `ctr`, or
+//! `skiff image pull` and `skiff task start`, until the ready line. With background fetching off, a
+//! start reads only what the command needs: far less than the image.
 
 use std::net::SocketAddr;
 
+use skiff_bench::coldstart::skiff::SkiffMode;
 use skiff_bench::coldstart::skiff_containerd::SkiffContainerdMode;
 use skiff_bench::coldstart::{workloads, Mode, Temperature};
 use skiff_bench::link::{Profile, ShapedLink};
@@ -16,6 +17,15 @@ const UNREAD: usize = 16 << 20;
 
 #[test]
 fn a_lazy_cold_start_through_containerd_and_skiffd() -> anyhow::Result<()> {
+    lazy_cold_and_warm_start(&mut SkiffContainerdMode::new(false))
+}
+
+#[test]
+fn a_lazy_cold_start_with_skiff_alone() -> anyhow::Result<()> {
+    lazy_cold_and_warm_start(&mut SkiffMode::new(false))
+}
+
+fn lazy_cold_and_warm_start(mode: &mut dyn Mode) -> anyhow::Result<()> {
     require(&[
         "root",
         "/dev/fuse",
@@ -51,7 +61,6 @@ ready = "^ready$"
     let upstream: SocketAddr = registry.host().parse()?;
     let link = runtime.block_on(ShapedLink::start(upstream, Profile::NONE))?;
     let reference = format!("{}/{}", link.addr(), workload.reference("esgz"));
-    let mut mode = SkiffContainerdMode::new(false);
     let before = link.stats();
     let cold = mode.start(&reference, &workload, "lazy-1", Temperature::Cold)?;
     let fetched = (link.stats() - before).downstream_bytes;
@@ -62,7 +71,6 @@ ready = "^ready$"
     );
     let warm = mode.start(&reference, &workload, "lazy-2", Temperature::Warm)?;
     assert!(!warm.run.is_zero());
-    drop(mode);
     drop(link);
     Ok(())
 }

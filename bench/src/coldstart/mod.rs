@@ -9,6 +9,7 @@ pub mod chart;
 pub mod overlayfs;
 pub mod ready;
 pub mod run;
+pub mod skiff;
 pub mod skiff_containerd;
 pub mod workloads;
 

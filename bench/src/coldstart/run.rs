@@ -12,12 +12,13 @@ use skiff_tests::Registry;
 use tokio::runtime::Handle;
 
 use super::overlayfs::OverlayfsMode;
+use super::skiff::SkiffMode;
 use super::skiff_containerd::SkiffContainerdMode;
 use super::{workloads, Mode, Temperature};
 use crate::link::{Profile, ShapedLink};
 
 /// The modes `--modes` may name.
-pub const MODES: [&str; 2] = ["overlayfs", "skiff-containerd"];
+pub const MODES: [&str; 3] = ["overlayfs", "skiff", "skiff-containerd"];
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -34,7 +35,7 @@ pub struct RunArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "overlayfs,skiff-containerd"
+        default_value = "overlayfs,skiff,skiff-containerd"
     )]
     pub modes: Vec<String>,
     /// Cold and warm starts per image variant and mode.
@@ -68,6 +69,7 @@ pub struct Row {
 fn make_mode(name: &str) -> Result<Box<dyn Mode>> {
     Ok(match name {
         "overlayfs" => Box::new(OverlayfsMode::new()),
+        "skiff" => Box::new(SkiffMode::new(true)),
         "skiff-containerd" => Box::new(SkiffContainerdMode::new(true)),
         other => bail!("unknown mode {other:?} (one of {})", MODES.join(", ")),
     })

@@ -1,0 +1,104 @@
+//! skiff on its own, no containerd: a fresh skiffd (own root, so an empty chunk cache) per cold start;
+//! `skiff image pull` (lazy for eStargz and zstd:chunked layers, downloaded and unpacked otherwise),
+//! `skiff container create`, `skiff task start` until the ready line.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use skiff_tests::{cargo_bin, write_skiffd_config, Skiffd, SkiffdOptions};
+use tempfile::TempDir;
+
+use super::ready::run_until_ready;
+use super::{drop_caches, Mode, StartTimes, Temperature, Workload, READY_TIMEOUT};
+
+/// skiffd + the skiff CLI.
+pub struct SkiffMode {
+    background_fetch: bool,
+    daemon: Option<(Skiffd, TempDir)>,
+}
+
+impl SkiffMode {
+    pub fn new(background_fetch: bool) -> Self {
+        SkiffMode {
+            background_fetch,
+            daemon: None,
+        }
+    }
+}
+
+/// `skiff --address SOCK ARGS…` that must succeed; returns how long it took.
+fn skiff(skiffd: &Skiffd, args: &[&str]) -> Result<Duration> {
+    let started = Instant::now();
+    let output = Command::new(cargo_bin("skiff")?)
+        .arg("--address")
+        .arg(skiffd.socket())
+        .args(args)
+        .output()
+        .context("run skiff")?;
+    if !output.status.success() {
+        bail!(
+            "skiff {} failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        );
+    }
+    Ok(started.elapsed())
+}
+
+impl Mode for SkiffMode {
+    fn name(&self) -> &'static str {
+        "skiff"
+    }
+
+    fn start(
+        &mut self,
+        reference: &str,
+        workload: &Workload,
+        id: &str,
+        temperature: Temperature,
+    ) -> Result<StartTimes> {
+        if temperature == Temperature::Cold || self.daemon.is_none() {
+            self.daemon = None;
+            let host = reference
+                .split_once('/')
+                .map(|(host, _)| host)
+                .context("reference without a registry host")?;
+            let config = tempfile::Builder::new()
+                .prefix("skiff-bench-config-")
+                .tempdir()?;
+            let path = write_skiffd_config(config.path(), host, self.background_fetch)?;
+            let skiffd = Skiffd::start_with(SkiffdOptions {
+                config: Some(path),
+                ..SkiffdOptions::default()
+            })?;
+            self.daemon = Some((skiffd, config));
+            drop_caches()?;
+        }
+        let (skiffd, _) = self.daemon.as_ref().context("skiffd")?;
+        let pull = skiff(skiffd, &["image", "pull", "--plain-http", reference])?;
+        let mut create = vec!["container", "create", reference, id];
+        create.extend(workload.command.iter().map(String::as_str));
+        let create = skiff(skiffd, &create)?;
+        let outcome = run_until_ready(
+            Command::new(cargo_bin("skiff")?)
+                .arg("--address")
+                .arg(skiffd.socket())
+                .args(["task", "start", id]),
+            &workload.ready,
+            READY_TIMEOUT,
+        );
+        // Whatever happened, the container goes (the image stays for a warm start).
+        let _ = skiff(skiffd, &["task", "rm", "-f", id]);
+        let mut ready = outcome?;
+        let _ = ready.child.kill();
+        let _ = ready.child.wait();
+        skiff(skiffd, &["container", "rm", id])?;
+        Ok(StartTimes {
+            pull,
+            create,
+            run: ready.elapsed,
+        })
+    }
+}
