@@ -11,6 +11,7 @@
 //!   `overlayfs` baseline and `skiff-containerd`), ready-line timing. It drives skiff and containerd like a user does.
 
 pub mod coldstart;
+pub mod corpus;
 pub mod fuse_micro;
 pub mod link;
 pub mod link_check;

@@ -308,6 +308,39 @@ pub fn convert_estargz(
 }
 
 /// Like `convert_estargz` for either lazy format (host platform only).
+/// `ctr-remote images optimize`: converts `src` to eStargz with the files `command` reads while it runs
+/// (in a container of this containerd, for `period_secs`) placed first and marked for prefetch, and pushes
+/// it as `dst`; returns the pushed manifest digest.
+pub fn optimize_estargz(
+    containerd: &Containerd,
+    registry_host: &str,
+    src: &str,
+    dst: &str,
+    command: &[String],
+    period_secs: u32,
+) -> Result<String> {
+    let src_ref = format!("{registry_host}/{src}");
+    let dst_ref = format!("{registry_host}/{dst}");
+    containerd.ctr_remote_ok(&["images", "pull", "--plain-http", &src_ref])?;
+    let entrypoint = serde_json::to_string(command)?;
+    let period = period_secs.to_string();
+    containerd.ctr_remote_ok(&[
+        "images",
+        "optimize",
+        "--oci",
+        "--period",
+        &period,
+        "--entrypoint",
+        &entrypoint,
+        "--args",
+        "[]",
+        &src_ref,
+        &dst_ref,
+    ])?;
+    containerd.ctr_remote_ok(&["images", "push", "--plain-http", &dst_ref, &dst_ref])?;
+    containerd.image_digest(&dst_ref)
+}
+
 pub fn convert_image(
     containerd: &Containerd,
     registry_host: &str,

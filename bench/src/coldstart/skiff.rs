@@ -89,11 +89,12 @@ impl Mode for SkiffMode {
             &workload.ready,
             READY_TIMEOUT,
         );
-        // Whatever happened, the container goes (the image stays for a warm start).
-        let _ = skiff(skiffd, &["task", "rm", "-f", id]);
+        // Whatever happened, the container goes (the image stays for a warm start): killed, then the
+        // attached `task start` (which deletes the task once the process is gone) is waited for.
+        let _ = skiff(skiffd, &["task", "kill", "-s", "KILL", id]);
         let mut ready = outcome?;
-        let _ = ready.child.kill();
         let _ = ready.child.wait();
+        let _ = skiff(skiffd, &["task", "rm", "-f", id]);
         skiff(skiffd, &["container", "rm", id])?;
         Ok(StartTimes {
             pull,
