@@ -153,6 +153,29 @@ impl Containerd {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// `ctr-remote images push --plain-http REF REF [--user U:P]`, tried up to three times: containerd's
+    /// push from a throwaway content store now and then fails with "unexpected EOF" on a loaded machine,
+    /// and the registry accepts the same push again.
+    pub fn push_with_retries(&self, reference: &str, user: Option<&str>) -> Result<()> {
+        let mut push = vec!["images", "push", "--plain-http"];
+        if let Some(user) = user {
+            push.extend(["--user", user]);
+        }
+        push.extend([reference, reference]);
+        let mut attempt = 1;
+        loop {
+            match self.ctr_remote_ok(&push) {
+                Ok(_) => return Ok(()),
+                Err(err) if attempt < 3 => {
+                    eprintln!("skiff-tests: push of {reference} failed (attempt {attempt}), again: {err:#}");
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
     /// The target digest of image `name` in namespace "default".
     pub fn image_digest(&self, name: &str) -> Result<String> {
         let listing = self.ctr_ok(&["images", "ls"])?;
@@ -337,7 +360,7 @@ pub fn optimize_estargz(
         &src_ref,
         &dst_ref,
     ])?;
-    containerd.ctr_remote_ok(&["images", "push", "--plain-http", &dst_ref, &dst_ref])?;
+    containerd.push_with_retries(&dst_ref, None)?;
     containerd.image_digest(&dst_ref)
 }
 
@@ -370,13 +393,7 @@ pub fn convert_image(
         &src_ref,
         &dst_ref,
     ])?;
-    let mut push = vec!["images", "push", "--plain-http"];
-    if let Some(user) = &user {
-        push.extend(["--user", user]);
-    }
-    push.push(&dst_ref);
-    push.push(&dst_ref);
-    containerd.ctr_remote_ok(&push)?;
+    containerd.push_with_retries(&dst_ref, user.as_deref())?;
 
     let digest = containerd.image_digest(&dst_ref)?;
     let raw = crate::skopeo::inspect_raw(&dst_ref, creds)?;

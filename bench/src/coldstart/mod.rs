@@ -105,3 +105,26 @@ pub fn ctr_create_and_run(
     containerd.ctr_ok(&["container", "delete", id])?;
     Ok((create, ready.elapsed))
 }
+
+/// A fresh skiffd (own root: an empty chunk cache) that reaches the registry of `reference`
+/// (`HOST:PORT/…`) over plain HTTP, with background fetching as asked; the config dir lives as long as
+/// the returned `TempDir`.
+pub fn fresh_skiffd(
+    reference: &str,
+    background_fetch: bool,
+) -> Result<(skiff_tests::Skiffd, tempfile::TempDir)> {
+    use anyhow::Context;
+    let host = reference
+        .split_once('/')
+        .map(|(host, _)| host)
+        .context("reference without a registry host")?;
+    let config = tempfile::Builder::new()
+        .prefix("skiff-bench-config-")
+        .tempdir()?;
+    let path = skiff_tests::write_skiffd_config(config.path(), host, background_fetch)?;
+    let skiffd = skiff_tests::Skiffd::start_with(skiff_tests::SkiffdOptions {
+        config: Some(path),
+        ..skiff_tests::SkiffdOptions::default()
+    })?;
+    Ok((skiffd, config))
+}

@@ -6,11 +6,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use skiff_tests::{cargo_bin, write_skiffd_config, Skiffd, SkiffdOptions};
+use skiff_tests::{cargo_bin, Skiffd};
 use tempfile::TempDir;
 
 use super::ready::run_until_ready;
-use super::{drop_caches, Mode, StartTimes, Temperature, Workload, READY_TIMEOUT};
+use super::{drop_caches, fresh_skiffd, Mode, StartTimes, Temperature, Workload, READY_TIMEOUT};
 
 /// skiffd + the skiff CLI.
 pub struct SkiffMode {
@@ -61,19 +61,7 @@ impl Mode for SkiffMode {
     ) -> Result<StartTimes> {
         if temperature == Temperature::Cold || self.daemon.is_none() {
             self.daemon = None;
-            let host = reference
-                .split_once('/')
-                .map(|(host, _)| host)
-                .context("reference without a registry host")?;
-            let config = tempfile::Builder::new()
-                .prefix("skiff-bench-config-")
-                .tempdir()?;
-            let path = write_skiffd_config(config.path(), host, self.background_fetch)?;
-            let skiffd = Skiffd::start_with(SkiffdOptions {
-                config: Some(path),
-                ..SkiffdOptions::default()
-            })?;
-            self.daemon = Some((skiffd, config));
+            self.daemon = Some(fresh_skiffd(reference, self.background_fetch)?);
             drop_caches()?;
         }
         let (skiffd, _) = self.daemon.as_ref().context("skiffd")?;

@@ -10,13 +10,12 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use skiff_tests::{
-    cargo_bin, write_skiffd_config, Containerd, ContainerdConfig, ProxyPlugin, Skiffd,
-    SkiffdOptions,
-};
+use skiff_tests::{cargo_bin, Containerd, ContainerdConfig, ProxyPlugin, Skiffd};
 use tempfile::TempDir;
 
-use super::{ctr_create_and_run, drop_caches, Mode, StartTimes, Temperature, Workload};
+use super::{
+    ctr_create_and_run, drop_caches, fresh_skiffd, Mode, StartTimes, Temperature, Workload,
+};
 
 /// The daemons of one cold start; dropped in order: containerd (its tasks and mounts) before skiffd.
 struct Daemons {
@@ -41,15 +40,8 @@ impl SkiffContainerdMode {
         }
     }
 
-    fn start_daemons(&self, registry_host: &str) -> Result<Daemons> {
-        let config = tempfile::Builder::new()
-            .prefix("skiff-bench-config-")
-            .tempdir()?;
-        let path = write_skiffd_config(config.path(), registry_host, self.background_fetch)?;
-        let skiffd = Skiffd::start_with(SkiffdOptions {
-            config: Some(path),
-            ..SkiffdOptions::default()
-        })?;
+    fn start_daemons(&self, reference: &str) -> Result<Daemons> {
+        let (skiffd, config) = fresh_skiffd(reference, self.background_fetch)?;
         let containerd = Containerd::start_with(ContainerdConfig {
             proxy_plugins: vec![ProxyPlugin::snapshotter("skiff", skiffd.socket())],
             ..ContainerdConfig::default()
@@ -76,11 +68,7 @@ impl Mode for SkiffContainerdMode {
     ) -> Result<StartTimes> {
         if temperature == Temperature::Cold || self.daemons.is_none() {
             self.daemons = None;
-            let host = reference
-                .split_once('/')
-                .map(|(host, _)| host)
-                .context("reference without a registry host")?;
-            self.daemons = Some(self.start_daemons(host)?);
+            self.daemons = Some(self.start_daemons(reference)?);
             drop_caches()?;
         }
         let daemons = self.daemons.as_ref().context("daemons")?;
