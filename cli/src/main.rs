@@ -121,7 +121,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // A read of our stdin (forwarded to a container) may still be blocked in tokio's blocking pool; do
+    // not wait for it.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // A container's exit code is passed on as ours, silently.

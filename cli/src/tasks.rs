@@ -236,7 +236,7 @@ pub async fn run(ctx: &Ctx, command: TaskCommand) -> anyhow::Result<()> {
             if detach {
                 return Ok(());
             }
-            let exit = attach(ctx, &id, &exec_id, stdin).await?;
+            let exit = attach_terminal(ctx, &id, &exec_id, stdin, tty).await?;
             let _ = client
                 .delete(v1::DeleteTaskRequest {
                     namespace,
@@ -329,7 +329,7 @@ pub async fn start(ctx: &Ctx, id: &str, detach: bool, interactive: bool) -> anyh
         println!("{id}\t{}", started.pid);
         return Ok(());
     }
-    let exit = attach(ctx, id, "", stdin || created.terminal).await?;
+    let exit = attach_terminal(ctx, id, "", stdin || created.terminal, created.terminal).await?;
     client
         .delete(v1::DeleteTaskRequest {
             namespace: ctx.namespace.clone(),
@@ -341,6 +341,100 @@ pub async fn start(ctx: &Ctx, id: &str, detach: bool, interactive: bool) -> anyh
         .map_err(output::status)
         .with_context(|| format!("delete task {id}"))?;
     exit_with(exit)
+}
+
+/// Our terminal in raw mode (keys go to the container's pty as typed) until dropped.
+struct RawTerminal {
+    saved: nix::sys::termios::Termios,
+}
+
+impl RawTerminal {
+    /// `None` when stdin is not a terminal.
+    fn enter() -> Option<RawTerminal> {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
+        Some(RawTerminal { saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcsetattr(
+            std::io::stdin(),
+            nix::sys::termios::SetArg::TCSANOW,
+            &self.saved,
+        );
+    }
+}
+
+nix::ioctl_read_bad!(get_window_size, nix::libc::TIOCGWINSZ, nix::libc::winsize);
+
+/// Our terminal's size (columns, rows), when stdout or stdin is one.
+fn window_size() -> Option<(u32, u32)> {
+    use std::os::fd::AsRawFd;
+    for fd in [std::io::stdout().as_raw_fd(), std::io::stdin().as_raw_fd()] {
+        let mut size = nix::libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ writes one winsize into `size`, which lives across the call.
+        if unsafe { get_window_size(fd, &mut size) }.is_ok() && size.ws_col > 0 {
+            return Some((u32::from(size.ws_col), u32::from(size.ws_row)));
+        }
+    }
+    None
+}
+
+/// Keeps the process's pty the size of our terminal: now, and on every SIGWINCH.
+fn follow_window_size(ctx: &Ctx, id: &str, exec_id: &str) {
+    let mut client = TasksClient::new(ctx.channel.clone());
+    let (namespace, id, exec_id) = (ctx.namespace.clone(), id.to_owned(), exec_id.to_owned());
+    tokio::spawn(async move {
+        let resize = |(width, height)| v1::ResizeRequest {
+            namespace: namespace.clone(),
+            container_id: id.clone(),
+            exec_id: exec_id.clone(),
+            width,
+            height,
+        };
+        if let Some(size) = window_size() {
+            let _ = client.resize(resize(size)).await;
+        }
+        let Ok(mut changes) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+        else {
+            return;
+        };
+        while changes.recv().await.is_some() {
+            if let Some(size) = window_size() {
+                let _ = client.resize(resize(size)).await;
+            }
+        }
+    });
+}
+
+/// Streams a process's output to ours (and our stdin to it) until it exits; returns its exit status.
+/// With `terminal` and a terminal of our own, ours goes raw and the process's pty follows its size.
+pub async fn attach_terminal(
+    ctx: &Ctx,
+    id: &str,
+    exec_id: &str,
+    forward_stdin: bool,
+    terminal: bool,
+) -> anyhow::Result<v1::ExitStatus> {
+    let _raw = if terminal {
+        follow_window_size(ctx, id, exec_id);
+        RawTerminal::enter()
+    } else {
+        None
+    };
+    attach(ctx, id, exec_id, forward_stdin).await
 }
 
 /// Streams a process's output to ours (and our stdin to it) until it exits; returns its exit status.

@@ -241,3 +241,59 @@ fn a_lazy_image_runs_and_reports_what_it_fetched() -> Result<()> {
     ensure!(info.matches("lazy:").count() == 2, "{info}");
     Ok(())
 }
+
+/// `skiff run -t` from a terminal: the container gets a pty of the terminal's size, keys typed reach it,
+/// what it prints comes back, and its exit code is the command's.
+#[test]
+fn run_with_a_tty_is_interactive() -> Result<()> {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+
+    let (_registry, skiffd, reference) = bed()?;
+    let size = nix::pty::Winsize {
+        ws_row: 30,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None)?;
+    let mut child = Command::new(skiff_tests::cargo_bin("skiff")?)
+        .arg("--address")
+        .arg(skiffd.socket())
+        .args(["run", "-t", "--rm", &reference, "tty1", "sh", "-c"])
+        // Reading first: the pty is resized to our terminal right after the start.
+        .arg("read x; stty size; tty; echo got:$x; exit 3")
+        .stdin(Stdio::from(pty.slave.try_clone()?))
+        .stdout(Stdio::from(pty.slave.try_clone()?))
+        .stderr(Stdio::from(pty.slave))
+        .spawn()?;
+    let mut master = std::fs::File::from(pty.master);
+    let mut reader = master.try_clone()?;
+    let output = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        // EIO once every slave descriptor is closed (the command exited).
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains("got:") {
+                // Keep reading until the end of that line.
+                if seen.ends_with(b"\n") {
+                    break;
+                }
+            }
+        }
+        seen
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    master.write_all(b"typed\r")?;
+    let status = child.wait()?;
+    let seen = String::from_utf8_lossy(&output.join().expect("reader")).into_owned();
+    ensure!(status.code() == Some(3), "exit {status:?}; output {seen:?}");
+    ensure!(seen.contains("30 100"), "stty size inside: {seen:?}");
+    ensure!(seen.contains("/dev/pts/"), "tty inside: {seen:?}");
+    ensure!(seen.contains("got:typed"), "typed input: {seen:?}");
+    Ok(())
+}
