@@ -297,3 +297,58 @@ fn run_with_a_tty_is_interactive() -> Result<()> {
     ensure!(seen.contains("got:typed"), "typed input: {seen:?}");
     Ok(())
 }
+
+/// OCI hooks given with `--hook` run in lifecycle order, each with the container's state JSON on stdin.
+#[test]
+fn hooks_run_in_order_with_the_state_on_stdin() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let (_registry, skiffd, reference) = bed()?;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("hooks.log");
+    let script = dir.path().join("hook.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n# $1: the stage; the state JSON arrives on stdin\nstate=$(cat)\necho \"$1 $state\" >> {}\n",
+            log.display()
+        ),
+    )?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    let hook = |stage: &str| format!("{stage}={},hook.sh,{stage}", script.display());
+    let (prestart, runtime, poststart, poststop) = (
+        hook("prestart"),
+        hook("createRuntime"),
+        hook("poststart"),
+        hook("poststop"),
+    );
+    skiffd.skiff_ok(&[
+        "run", "--rm", "--hook", &prestart, "--hook", &runtime, "--hook", &poststart, "--hook",
+        &poststop, &reference, "hk", "true",
+    ])?;
+    let text = std::fs::read_to_string(&log)?;
+    let stages: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    let position = |stage: &str| stages.iter().position(|s| *s == stage);
+    for stage in ["prestart", "createRuntime", "poststart", "poststop"] {
+        ensure!(position(stage).is_some(), "{stage} did not run: {text}");
+    }
+    ensure!(
+        position("prestart") < position("createRuntime")
+            && position("createRuntime") < position("poststop")
+            && position("poststart") < position("poststop"),
+        "hook order: {stages:?}"
+    );
+    for line in text.lines() {
+        let state: serde_json::Value =
+            serde_json::from_str(line.split_once(' ').map_or("", |(_, s)| s))?;
+        ensure!(state["id"] == "default--hk", "state on stdin: {line}");
+        ensure!(
+            state["status"].is_string() && state["bundle"].is_string(),
+            "{line}"
+        );
+    }
+    Ok(())
+}
