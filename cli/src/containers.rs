@@ -106,6 +106,13 @@ pub enum ContainerCommand {
     },
     /// Print a container as JSON, with its OCI runtime spec.
     Info { id: String },
+    /// Replace a container's labels (none given: remove them all).
+    Label {
+        id: String,
+        /// KEY=VALUE; may be repeated.
+        #[arg(value_parser = output::key_value)]
+        labels: Vec<(String, String)>,
+    },
     /// Remove containers and their rootfs snapshots.
     #[command(visible_aliases = ["remove", "delete"])]
     Rm {
@@ -177,6 +184,20 @@ pub async fn run(ctx: &Ctx, command: ContainerCommand) -> anyhow::Result<()> {
                 "Spec": spec,
             });
             println!("{}", serde_json::to_string_pretty(&info)?);
+            Ok(())
+        }
+        ContainerCommand::Label { id, labels } => {
+            let updated = client
+                .update(v1::UpdateContainerRequest {
+                    namespace: ctx.namespace.clone(),
+                    id: id.clone(),
+                    labels: labels.into_iter().collect(),
+                })
+                .await
+                .map_err(output::status)
+                .with_context(|| format!("label container {id}"))?
+                .into_inner();
+            println!("{}", output::labels(&updated.labels));
             Ok(())
         }
         ContainerCommand::Rm { ids } => {

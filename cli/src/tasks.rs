@@ -108,6 +108,15 @@ pub enum TaskCommand {
     },
     /// Print a task's resource usage.
     Metrics { id: String },
+    /// Print what a task's process (or an exec process) wrote to stdout and stderr so far.
+    Logs {
+        /// Keep printing until the process exits.
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        exec_id: Option<String>,
+        id: String,
+    },
 }
 
 pub async fn run(ctx: &Ctx, command: TaskCommand) -> anyhow::Result<()> {
@@ -261,6 +270,11 @@ pub async fn run(ctx: &Ctx, command: TaskCommand) -> anyhow::Result<()> {
             println!("{}", describe_exit(&exit));
             Ok(())
         }
+        TaskCommand::Logs {
+            follow,
+            exec_id,
+            id,
+        } => print_output(ctx, &id, &exec_id.unwrap_or_default(), follow).await,
         TaskCommand::Metrics { id } => {
             let m = client
                 .metrics(v1::GetTaskRequest {
@@ -491,6 +505,22 @@ pub async fn attach(
                 .await;
         });
     }
+    copy_output(&mut output).await?;
+    let exit = client
+        .wait(v1::WaitRequest {
+            namespace: ctx.namespace.clone(),
+            container_id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+        })
+        .await
+        .map_err(output::status)
+        .with_context(|| format!("wait for {id}"))?
+        .into_inner();
+    Ok(exit)
+}
+
+/// Writes a stream of output chunks to our stdout and stderr.
+async fn copy_output(output: &mut tonic::Streaming<v1::OutputChunk>) -> anyhow::Result<()> {
     while let Some(chunk) = output.next().await {
         let chunk = chunk.map_err(output::status).context("output")?;
         if chunk.stream == v1::output_chunk::Stream::Stderr as i32 {
@@ -503,17 +533,23 @@ pub async fn attach(
             out.flush()?;
         }
     }
-    let exit = client
-        .wait(v1::WaitRequest {
+    Ok(())
+}
+
+/// `skiff task logs`: the output so far (or until the process exits, with `follow`).
+async fn print_output(ctx: &Ctx, id: &str, exec_id: &str, follow: bool) -> anyhow::Result<()> {
+    let mut output = TasksClient::new(ctx.channel.clone())
+        .output(v1::OutputRequest {
             namespace: ctx.namespace.clone(),
             container_id: id.to_owned(),
             exec_id: exec_id.to_owned(),
+            follow,
         })
         .await
         .map_err(output::status)
-        .with_context(|| format!("wait for {id}"))?
+        .with_context(|| format!("logs of {id}"))?
         .into_inner();
-    Ok(exit)
+    copy_output(&mut output).await
 }
 
 /// `Ok` for exit code 0, else the [`ExitCode`] error that makes `skiff` exit with it.

@@ -119,6 +119,30 @@ fn the_ctr_lifecycle_and_skiff_run() -> Result<()> {
     ensure!(metrics.lines().count() == 2, "{metrics}");
     // A container with a task is not removed.
     ensure!(!skiffd.skiff(&["container", "rm", "life"])?.status.success());
+    skiffd.skiff_ok(&[
+        "task",
+        "exec",
+        "-d",
+        "--exec-id",
+        "e2",
+        "life",
+        "sh",
+        "-c",
+        "echo to-the-log >&2",
+    ])?;
+    wait_until("the detached exec's log", Duration::from_secs(10), || {
+        let log = skiffd.skiff(&["task", "logs", "--exec-id", "e2", "life"])?;
+        Ok(String::from_utf8_lossy(&log.stderr).contains("to-the-log"))
+    })?;
+    ensure!(
+        skiffd
+            .skiff_ok(&["task", "wait", "--exec-id", "e2", "life"])?
+            .trim()
+            == "0"
+    );
+    skiffd.skiff_ok(&["task", "rm", "--exec-id", "e2", "life"])?;
+    let labels = skiffd.skiff_ok(&["container", "label", "life", "tier=web", "x=1"])?;
+    ensure!(labels.trim() == "tier=web,x=1", "{labels:?}");
     skiffd.skiff_ok(&["task", "kill", "-s", "TERM", "life"])?;
     let waited = skiffd.skiff_ok(&["task", "wait", "life"])?;
     ensure!(waited.trim() == "3", "exit status {waited:?}");
