@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use crate::content::{ContentError, ContentStore, Digest};
 use crate::images::{ImageError, Images};
 use crate::meta::{validate_container_id, ContainerRecord, Labels, MetaError, MetaStore};
-use crate::snapshots::{Mount, SnapshotError, Snapshotter};
+use crate::snapshots::{unmount_and_remove, Mount, SnapshotError, Snapshotter};
 
 /// The runtime a container gets when the request names none.
 pub const DEFAULT_RUNTIME: &str = "runc";
@@ -374,14 +374,8 @@ fn with_mounted<T>(
         });
     }
     let result = f(&target);
-    match nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH) {
-        // Empty once unmounted; remove_dir refuses anything else.
-        Ok(()) => {
-            let _ = std::fs::remove_dir(&target);
-        }
-        Err(err) => {
-            warn!(path = %target.display(), error = %err, "cannot unmount a scratch rootfs")
-        }
+    if let Err(err) = unmount_and_remove(&target) {
+        warn!(path = %target.display(), error = %err, "cannot unmount and remove a scratch rootfs");
     }
     result
 }

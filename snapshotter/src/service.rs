@@ -827,13 +827,23 @@ impl v1::tasks_server::Tasks for TasksService {
         let tasks = self.0.clone();
         tokio::spawn(async move {
             let mut offsets = (0, 0);
+            // One wait for the process's exit (a held connection to its shim), not a question per poll.
+            let waited = async {
+                if r.follow {
+                    // Lost or gone: there is nothing more to wait for either.
+                    let _ = tasks.wait(&r.namespace, &r.container_id, &r.exec_id).await;
+                }
+            };
+            tokio::pin!(waited);
+            let mut exited = false;
             loop {
-                // Checked before the last read: a process's output is on disk before its exit is.
-                let exited = !r.follow
-                    || tasks
-                        .exited(&r.namespace, &r.container_id, &r.exec_id)
-                        .await
-                        .unwrap_or(true);
+                if !exited {
+                    tokio::select! {
+                        () = &mut waited => exited = true,
+                        () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                    }
+                }
+                // Read after the exit is known: a process's output is on disk before its exit is.
                 offsets.0 =
                     send_appended(&stdout, offsets.0, v1::output_chunk::Stream::Stdout, &tx).await;
                 offsets.1 =
@@ -841,7 +851,6 @@ impl v1::tasks_server::Tasks for TasksService {
                 if exited || tx.is_closed() {
                     return;
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 
 use crate::containers::{ContainerError, Containers};
 use crate::meta::{validate_container_id, validate_namespace, MetaError};
-use crate::snapshots::Snapshotter;
+use crate::snapshots::{unmount_and_remove, Snapshotter};
 
 /// Failures of task operations; [`crate::service`] maps them to gRPC codes.
 #[derive(Debug, thiserror::Error)]
@@ -222,15 +222,8 @@ impl Tasks {
     fn remove_task_dir(&self, dir: &Path) {
         let rootfs = dir.join("bundle").join("rootfs");
         if rootfs.exists() {
-            match nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
-                Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
-                Err(err) => {
-                    warn!(path = %rootfs.display(), error = %err, "cannot unmount a task's rootfs; its dir stays");
-                    return;
-                }
-            }
-            if let Err(err) = std::fs::remove_dir(&rootfs) {
-                warn!(path = %rootfs.display(), error = %err, "a task's rootfs is not empty once unmounted; its dir stays");
+            if let Err(err) = unmount_and_remove(&rootfs) {
+                warn!(path = %rootfs.display(), error = %err, "cannot unmount and remove a task's rootfs; its dir stays");
                 return;
             }
         }
@@ -444,22 +437,6 @@ impl Tasks {
         let client = self.client(namespace, id)?;
         let dir = client.task_dir();
         Ok((dir.stdout(&exec), dir.stderr(&exec), dir.stdin(&exec)))
-    }
-
-    /// Whether the process has exited (its exit is recorded) or is lost.
-    pub async fn exited(
-        &self,
-        namespace: &str,
-        id: &str,
-        exec_id: &str,
-    ) -> Result<bool, TaskFailure> {
-        let exec = exec_id_of(exec_id)?;
-        let state = self.client(namespace, id)?.state(&exec).await?;
-        Ok(state.exit.is_some()
-            || matches!(
-                state.status,
-                skiff_runtime::task::TaskStatus::Stopped | skiff_runtime::task::TaskStatus::Unknown
-            ))
     }
 }
 

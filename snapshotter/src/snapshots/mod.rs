@@ -43,7 +43,7 @@ use crate::meta::{
 };
 pub use crate::meta::{SnapshotKind, UsageRecord as Usage};
 pub use filter::{AnyFilter, Fields, FilterError};
-pub use mounts::{mounts, Mount, SnapshotDirs};
+pub use mounts::{mounts, unmount_and_remove, Mount, SnapshotDirs};
 pub use remote::{RemoteError, RemoteLayer, RemoteLayerStats, RemoteLayers};
 
 use crate::unpack::{apply_layer, Applied, LayerBlob, UnpackError};

@@ -126,6 +126,17 @@ impl Mount {
     }
 }
 
+/// Detaches whatever is mounted at `mountpoint` (nothing is fine) and removes the then empty directory.
+/// `remove_dir` refuses a directory that still holds anything, so a mount that stayed can never have its
+/// files deleted here.
+pub fn unmount_and_remove(mountpoint: &Path) -> std::io::Result<()> {
+    match nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+        Err(errno) => return Err(errno.into()),
+    }
+    std::fs::remove_dir(mountpoint)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
