@@ -17,6 +17,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("containerd", "apt-get install containerd"),
     ("ctr", "apt-get install containerd"),
     ("runc", "apt-get install runc"),
+    ("crun", "apt-get install crun"),
     ("ctr-remote", "apt-get install stargz-snapshotter"),
     ("htpasswd", "apt-get install apache2-utils"),
     ("fusermount3", "apt-get install fuse3"),
@@ -79,6 +80,16 @@ fn check(name: &str) -> Option<String> {
                 Some(format!("{BUSYBOX_PATH} not found; {}", install_hint("busybox")))
             }
         }
+        "crun" => find_on_path("crun")
+            .is_none()
+            .then(|| format!("`crun` not found on PATH; {}", install_hint("crun")))
+            .or_else(|| hybrid_cgroup_controllers().map(|controllers| {
+                format!(
+                    "crun refuses a hybrid cgroup host whose cgroup v2 root still holds controllers \
+                     ({controllers} in {UNIFIED_CONTROLLERS}); tests/install-deps.sh mounts them as \
+                     cgroup v1 hierarchies"
+                )
+            })),
         path if path.starts_with('/') => (!Path::new(path).is_file())
             .then(|| format!("{path} not found; {}", install_hint(path))),
         binary => match find_on_path(binary) {
@@ -86,6 +97,16 @@ fn check(name: &str) -> Option<String> {
             None => Some(format!("`{binary}` not found on PATH; {}", install_hint(binary))),
         },
     }
+}
+
+const UNIFIED_CONTROLLERS: &str = "/sys/fs/cgroup/unified/cgroup.controllers";
+
+/// The controllers a hybrid host (cgroup v1 hierarchies, v2 at /sys/fs/cgroup/unified) left on v2, if
+/// any: crun then refuses to create containers.
+fn hybrid_cgroup_controllers() -> Option<String> {
+    let controllers = std::fs::read_to_string(UNIFIED_CONTROLLERS).ok()?;
+    let controllers = controllers.trim();
+    (!controllers.is_empty()).then(|| controllers.to_owned())
 }
 
 /// Where the busybox layer takes its binary from (Debian's busybox-static).

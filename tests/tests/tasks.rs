@@ -1,7 +1,8 @@
 //! End to end: containers run by the real runc through skiffd's tasks and `skiff-shim`, driven by the
 //! `skiff` CLI like ctr: the task lifecycle (create, start, ls, exec, pause, resume, kill, wait, delete),
 //! `skiff run` attached with the container's exit code, `--rm`, limits and a read-only root visible inside,
-//! namespaces, and tasks that survive skiffd being stopped (SIGTERM) or killed (SIGKILL).
+//! namespaces, tasks that survive skiffd being stopped (SIGTERM) or killed (SIGKILL), the lifecycle with
+//! `--runtime crun`, and bad input refused with nothing left behind.
 
 use std::time::Duration;
 
@@ -374,5 +375,167 @@ fn hooks_run_in_order_with_the_state_on_stdin() -> Result<()> {
             "{line}"
         );
     }
+    Ok(())
+}
+
+/// `--runtime crun` selects crun for the whole lifecycle: attached run with its exit code, a detached
+/// task with exec, pause/resume, kill and wait, and the limits in the container's cgroup.
+#[test]
+fn crun_is_selectable_for_the_whole_lifecycle() -> Result<()> {
+    require(&["crun"])?;
+    let (_registry, skiffd, reference) = bed()?;
+    let crun = ["--runtime", "crun"];
+    let out = skiffd.skiff(
+        &[
+            &["run", "--rm"][..],
+            &crun,
+            &[&reference, "c1", "sh", "-c", "cat /etc/motd; exit 6"],
+        ]
+        .concat(),
+    )?;
+    ensure!(out.status.code() == Some(6), "{out:?}");
+    ensure!(String::from_utf8_lossy(&out.stdout).contains("hello from the image"));
+
+    let limits = skiffd.skiff_ok(
+        &[
+            &[
+                "run",
+                "--rm",
+                "--memory",
+                "128m",
+                "--pids-limit",
+                "100",
+                "--read-only",
+            ][..],
+            &crun,
+            &[
+                &reference,
+                "c2",
+                "sh",
+                "-c",
+                "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max; \
+                 touch /x 2>/dev/null && echo writable || echo read-only",
+            ],
+        ]
+        .concat(),
+    )?;
+    let lines: Vec<&str> = limits.lines().collect();
+    ensure!(
+        lines == ["134217728", "100", "read-only"],
+        "inside the crun container: {lines:?}"
+    );
+
+    skiffd.skiff_ok(
+        &[
+            &["run", "-d"][..],
+            &crun,
+            &[
+                &reference,
+                "c3",
+                "sh",
+                "-c",
+                "trap 'exit 3' TERM; while true; do sleep 0.1; done",
+            ],
+        ]
+        .concat(),
+    )?;
+    let info = skiffd.skiff_ok(&["container", "info", "c3"])?;
+    ensure!(info.contains("\"crun\""), "{info}");
+    let (_, status) = status_of(&skiffd, "default", "c3")?.expect("a crun task");
+    ensure!(status == "RUNNING", "{status}");
+    let exec = skiffd.skiff(&["task", "exec", "--exec-id", "e", "c3", "sh", "-c", "exit 4"])?;
+    ensure!(exec.status.code() == Some(4), "{exec:?}");
+    skiffd.skiff_ok(&["task", "pause", "c3"])?;
+    ensure!(status_of(&skiffd, "default", "c3")?.map(|s| s.1) == Some("PAUSED".into()));
+    skiffd.skiff_ok(&["task", "resume", "c3"])?;
+    skiffd.skiff_ok(&["task", "kill", "c3"])?;
+    ensure!(skiffd.skiff_ok(&["task", "wait", "c3"])?.trim() == "3");
+    skiffd.skiff_ok(&["task", "rm", "c3"])?;
+    skiffd.skiff_ok(&["container", "rm", "c3"])?;
+    Ok(())
+}
+
+/// Bad input to the task verbs: a clear error naming the problem, exit code 1 (2 for flags clap
+/// refuses), and no container, task or snapshot left behind.
+#[test]
+fn bad_task_input_is_refused_and_leaves_nothing() -> Result<()> {
+    let (_registry, skiffd, reference) = bed()?;
+    let snapshots_before = skiffd.skiff_ok(&["snapshot", "ls"])?;
+    let refused = |args: &[&str], code: i32, expected: &str| -> Result<()> {
+        let out = skiffd.skiff(args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(code) && stderr.contains(expected),
+            "skiff {args:?}: expected exit {code} naming {expected:?}, got {} with stderr {stderr:?}",
+            out.status
+        );
+        Ok(())
+    };
+
+    // An image no registry has; a registry that does not answer.
+    let missing = _registry.reference("nothing:here");
+    refused(
+        &["run", "--rm", "--plain-http", &missing, "x1"],
+        1,
+        "nothing",
+    )?;
+    refused(
+        &["run", "--rm", "127.0.0.1:1/none:1", "x2"],
+        1,
+        "127.0.0.1:1",
+    )?;
+    // Flags: unknown, malformed values, a runtime binary that does not exist.
+    refused(
+        &["run", "--no-such-flag", &reference, "x3"],
+        2,
+        "--no-such-flag",
+    )?;
+    refused(&["run", "--cpus", "many", &reference, "x4"], 1, "--cpus")?;
+    refused(&["task", "kill", "-s", "NOSUCHSIG", "x5"], 1, "NOSUCHSIG")?;
+    refused(
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            "no-such-runtime",
+            &reference,
+            "x6",
+            "true",
+        ],
+        1,
+        "no-such-runtime",
+    )?;
+    // A duplicate id; exec in a stopped task; kill, start and rm of what does not exist.
+    skiffd.skiff_ok(&["run", "-d", &reference, "dup", "true"])?;
+    refused(
+        &["run", "--rm", &reference, "dup", "true"],
+        1,
+        "already exists",
+    )?;
+    wait_until("the task to stop", Duration::from_secs(10), || {
+        Ok(status_of(&skiffd, "default", "dup")?.map(|s| s.1) == Some("STOPPED".into()))
+    })?;
+    refused(
+        &["task", "exec", "--exec-id", "e", "dup", "true"],
+        1,
+        "not running",
+    )?;
+    refused(&["task", "kill", "ghost"], 1, "ghost has no task")?;
+    refused(&["task", "start", "ghost"], 1, "not found")?;
+    refused(&["task", "rm", "ghost"], 1, "ghost has no task")?;
+    refused(&["task", "wait", "ghost"], 1, "ghost has no task")?;
+    skiffd.skiff_ok(&["task", "rm", "dup"])?;
+    skiffd.skiff_ok(&["container", "rm", "dup"])?;
+
+    ensure!(skiffd
+        .skiff_ok(&["container", "ls", "-q"])?
+        .trim()
+        .is_empty());
+    ensure!(skiffd.skiff_ok(&["task", "ls", "-q"])?.trim().is_empty());
+    let snapshots_after = skiffd.skiff_ok(&["snapshot", "ls"])?;
+    ensure!(
+        snapshots_after == snapshots_before,
+        "snapshots left: {snapshots_after:?}, before {snapshots_before:?}"
+    );
     Ok(())
 }
