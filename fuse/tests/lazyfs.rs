@@ -1604,6 +1604,43 @@ async fn background_fetching_does_not_delay_readers() {
     background.abort();
 }
 
+/// A reader that needs a chunk the background fetch has planned but not yet requested (it holds back
+/// while readers wait) must not wait forever: the reader's wait promotes the span. Reading every file in
+/// order while the background fetch runs ahead of the reader is how a workload hit this.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reader_joining_a_held_back_background_span_is_not_stuck() {
+    let items = many_items();
+    let config = with_fetch(FetchConfig {
+        max_request_bytes: 2048,
+        max_readahead_bytes: 0,
+        max_gap_bytes: 0,
+        background: Some(BackgroundConfig {
+            parallel_requests: 2,
+        }),
+        ..FetchConfig::default()
+    });
+    let fx = Fixture::estargz(&items, 1024, config).await;
+    let opened = fx.source.request_count();
+    fx.source.set_delay(Duration::from_millis(30));
+    let background = tokio::spawn(Arc::clone(&fx.layer).fetch_in_background());
+    eventually("background fetching to start", || {
+        fx.source.request_count() > opened
+    })
+    .await;
+    for name in MANY {
+        let got = tokio::time::timeout(Duration::from_secs(10), fx.read_all(name))
+            .await
+            .unwrap_or_else(|_| panic!("reading {name} is stuck behind held-back background work"));
+        assert_eq!(got, data_of(&items, name), "{name}");
+    }
+    tokio::time::timeout(Duration::from_secs(10), background)
+        .await
+        .expect("background fetching finishes")
+        .unwrap();
+    let stats = fx.layer.stats().snapshot();
+    assert!(stats.background_bytes < stats.bytes_fetched, "{stats:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancelled_reader_still_lands_its_chunk() {
     let items = many_items();

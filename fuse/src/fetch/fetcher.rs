@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,16 @@ struct Span {
 type SpanResult = Result<Arc<HashMap<ChunkDigest, Bytes>>, FetchError>;
 type SpanFuture = Shared<BoxFuture<'static, SpanResult>>;
 
+/// A span being fetched, as the chunks it carries see it.
+#[derive(Clone)]
+struct InFlight {
+    fetch: SpanFuture,
+    /// A reader (or the prefetch) waits on this span. A background span that a reader joins is
+    /// promoted: it no longer yields to waiting readers (one of them waits on it) and takes a readers'
+    /// request slot.
+    urgent: Arc<AtomicBool>,
+}
+
 /// How often background work looks again whether readers still wait on the network.
 const YIELD_POLL: Duration = Duration::from_millis(5);
 
@@ -46,7 +56,7 @@ pub struct ChunkFetcher {
     compression: Compression,
     config: FetchConfig,
     stats: Arc<LayerStats>,
-    inflight: Mutex<HashMap<ChunkDigest, SpanFuture>>,
+    inflight: Mutex<HashMap<ChunkDigest, InFlight>>,
     demand_requests: Semaphore,
     background_requests: Semaphore,
     /// Readers waiting on the network right now; background requests hold back while it is non-zero.
@@ -135,9 +145,12 @@ impl ChunkFetcher {
                 let digest = digests[i];
                 if found[i].is_some() {
                     hits += 1;
-                } else if let Some(fetch) = inflight.get(&digest) {
+                } else if let Some(span) = inflight.get(&digest) {
                     hits += 1;
-                    waits.push((i, fetch.clone()));
+                    if priority != Priority::Background {
+                        span.urgent.store(true, Ordering::Release);
+                    }
+                    waits.push((i, span.fetch.clone()));
                 } else if self.store.contains(&digest) {
                     // A fetch finished between our lookup and now.
                     landed.push(i);
@@ -153,13 +166,13 @@ impl ChunkFetcher {
             for span in plan_spans(to_fetch, &self.config) {
                 let digests_in_span: Vec<ChunkDigest> =
                     span.chunks.iter().map(|c| ChunkDigest(c.digest)).collect();
-                let fetch = self.start_span(span, priority);
+                let span = self.start_span(span, priority);
                 for digest in digests_in_span {
-                    inflight.insert(digest, fetch.clone());
+                    inflight.insert(digest, span.clone());
                 }
             }
             for i in pending {
-                waits.push((i, inflight[&digests[i]].clone()));
+                waits.push((i, inflight[&digests[i]].fetch.clone()));
             }
         }
 
@@ -216,22 +229,26 @@ impl ChunkFetcher {
 
     /// Starts fetching a span in its own task, so it completes (and lands in the cache) even if every
     /// reader that wanted it goes away.
-    fn start_span(self: &Arc<Self>, span: Span, priority: Priority) -> SpanFuture {
+    fn start_span(self: &Arc<Self>, span: Span, priority: Priority) -> InFlight {
         let this = Arc::clone(self);
+        let urgent = Arc::new(AtomicBool::new(priority != Priority::Background));
+        let promoted = Arc::clone(&urgent);
         let task = tokio::spawn(async move {
-            let result = this.fetch_span(&span, priority).await;
+            let result = this.fetch_span(&span, priority, &promoted).await;
             let mut inflight = lock(&this.inflight);
             for chunk in &span.chunks {
                 inflight.remove(&ChunkDigest(chunk.digest));
             }
             result
         });
-        task.map(|joined| joined.unwrap_or(Err(FetchError::Cancelled)))
+        let fetch = task
+            .map(|joined| joined.unwrap_or(Err(FetchError::Cancelled)))
             .boxed()
-            .shared()
+            .shared();
+        InFlight { fetch, urgent }
     }
 
-    async fn fetch_span(&self, span: &Span, priority: Priority) -> SpanResult {
+    async fn fetch_span(&self, span: &Span, priority: Priority, urgent: &AtomicBool) -> SpanResult {
         let attempts = self.config.attempts.max(1);
         let mut last_error = FetchError::Cancelled;
         for attempt in 1..=attempts {
@@ -240,7 +257,7 @@ impl ChunkFetcher {
                 tokio::time::sleep(Duration::from_millis(50 << (attempt - 2).min(4))).await;
             }
             let received = {
-                let _permit = self.request_permit(priority).await?;
+                let _permit = self.request_permit(priority, urgent).await?;
                 LayerStats::add(&self.stats.requests, 1);
                 self.source.read_range(span.range.clone()).await
             };
@@ -270,7 +287,10 @@ impl ChunkFetcher {
                 }
             };
             LayerStats::add(&self.stats.bytes_fetched, bytes.len() as u64);
-            if priority != Priority::Demand {
+            // Background work a reader came to wait on counts as the reader's.
+            if priority == Priority::Prefetch
+                || (priority == Priority::Background && !urgent.load(Ordering::Acquire))
+            {
                 LayerStats::add(&self.stats.background_bytes, bytes.len() as u64);
             }
             debug!(blob = %self.source.describe(), start = span.range.start, len = bytes.len(),
@@ -303,27 +323,39 @@ impl ChunkFetcher {
         Err(last_error)
     }
 
-    /// A request slot. Background work takes one only while no reader waits on the network.
-    async fn request_permit(&self, priority: Priority) -> Result<SemaphorePermit<'_>, FetchError> {
-        match priority {
-            Priority::Demand | Priority::Prefetch => self
-                .demand_requests
+    /// A request slot. Background work takes one only while no reader waits on the network, unless a
+    /// reader waits on this very span (`urgent`): then it takes a reader's slot, as the reader would have.
+    async fn request_permit(
+        &self,
+        priority: Priority,
+        urgent: &AtomicBool,
+    ) -> Result<SemaphorePermit<'_>, FetchError> {
+        let demand = || async {
+            self.demand_requests
                 .acquire()
                 .await
-                .map_err(|_| FetchError::Cancelled),
-            Priority::Background => loop {
-                while self.waiting_readers.load(Ordering::Acquire) > 0 {
-                    tokio::time::sleep(YIELD_POLL).await;
-                }
-                let permit = self
-                    .background_requests
-                    .acquire()
-                    .await
-                    .map_err(|_| FetchError::Cancelled)?;
-                if self.waiting_readers.load(Ordering::Acquire) == 0 {
-                    break Ok(permit);
-                }
-            },
+                .map_err(|_| FetchError::Cancelled)
+        };
+        if priority != Priority::Background {
+            return demand().await;
+        }
+        let readers_wait = || self.waiting_readers.load(Ordering::Acquire) > 0;
+        loop {
+            if urgent.load(Ordering::Acquire) {
+                return demand().await;
+            }
+            if readers_wait() {
+                tokio::time::sleep(YIELD_POLL).await;
+                continue;
+            }
+            let permit = self
+                .background_requests
+                .acquire()
+                .await
+                .map_err(|_| FetchError::Cancelled)?;
+            if !readers_wait() || urgent.load(Ordering::Acquire) {
+                return Ok(permit);
+            }
         }
     }
 }
