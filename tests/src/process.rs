@@ -29,7 +29,9 @@ impl ChildProcess {
             .open(log_path)
             .with_context(|| format!("open log file {}", log_path.display()))?;
         let log_err = log.try_clone().context("clone log file handle")?;
-        let child = command
+        // Its own process group: a Ctrl-C in the terminal reaches the program that owns this daemon,
+        // which then stops it in order (unmounting what it mounted), not the daemon directly.
+        let child = std::os::unix::process::CommandExt::process_group(command, 0)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

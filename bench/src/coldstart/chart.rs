@@ -1,4 +1,4 @@
-//! chart.png: median cold time-to-ready per image variant (a group of bars, one per mode), drawn with
+//! chart.png: median cold time-to-ready per workload and variant (a group of bars, one per mode), drawn with
 //! plotters. Text needs a TrueType font: DejaVu Sans from Debian's fonts-dejavu-core.
 
 use std::collections::BTreeMap;
@@ -42,7 +42,7 @@ pub fn draw(path: &Path, rows: &[Row], profile: &str) -> Result<()> {
     let mut groups: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
     for row in rows.iter().filter(|r| r.temperature == "cold") {
         groups
-            .entry(format!("{}:{}", row.image, row.variant))
+            .entry(format!("{}:{}", row.workload, row.variant))
             .or_default()
             .entry(row.mode.clone())
             .or_default()
@@ -136,6 +136,7 @@ mod tests {
 
     fn row(image: &str, variant: &str, mode: &str, temperature: &'static str, total: f64) -> Row {
         Row {
+            workload: image.into(),
             image: image.into(),
             variant: variant.into(),
             mode: mode.into(),

@@ -13,9 +13,11 @@ pub mod skiff;
 pub mod skiff_containerd;
 pub mod workloads;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+use tokio::runtime::Handle;
 
 pub use workloads::Workload;
 
@@ -127,4 +129,47 @@ pub fn fresh_skiffd(
         ..skiff_tests::SkiffdOptions::default()
     })?;
     Ok((skiffd, config))
+}
+
+/// Set by SIGINT (Ctrl-C) or SIGTERM once [`watch_interrupts`] runs.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// From now on SIGINT (Ctrl-C) and SIGTERM no longer end the process: they set a flag. The daemons the
+/// harness starts run in their own process groups, so a Ctrl-C reaches the harness (and the client of the
+/// start in progress) but not them; the start in progress gives up ([`ready::run_until_ready`] looks at
+/// the flag), the harness starts nothing more, and dropping what it started stops the daemons, unmounts
+/// and removes their directories.
+pub fn watch_interrupts(runtime: &Handle) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let _guard = runtime.enter();
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    runtime.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            if !INTERRUPTED.swap(true, Ordering::SeqCst) {
+                eprintln!(
+                    "skiff-bench: interrupted; stopping what it started (containers, daemons, mounts, \
+                     the link and the registry)"
+                );
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Whether SIGINT or SIGTERM arrived.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// An error once interrupted, for `?` between steps.
+pub fn check_interrupted() -> Result<()> {
+    if interrupted() {
+        bail!("interrupted");
+    }
+    Ok(())
 }

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use regex::Regex;
 
+/// How often the wait for the ready line looks whether the harness was interrupted.
+const INTERRUPT_POLL: Duration = Duration::from_millis(200);
+
 /// A command that printed its ready line and may still be running.
 pub struct Ready {
     /// From spawning the command to reading the ready line.
@@ -45,8 +48,13 @@ pub fn run_until_ready(command: &mut Command, ready: &Regex, timeout: Duration) 
     });
     let mut seen: Vec<String> = Vec::new();
     loop {
+        if super::interrupted() {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("interrupted while waiting for {command:?} to be ready");
+        }
         let left = timeout.saturating_sub(start.elapsed());
-        match received.recv_timeout(left) {
+        match received.recv_timeout(left.min(INTERRUPT_POLL)) {
             Ok(line) => {
                 if ready.is_match(&line) {
                     return Ok(Ready {
@@ -66,6 +74,7 @@ pub fn run_until_ready(command: &mut Command, ready: &Regex, timeout: Duration) 
                     stderr.trim_end()
                 );
             }
+            Err(mpsc::RecvTimeoutError::Timeout) if start.elapsed() < timeout => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 let _ = child.wait();

@@ -57,13 +57,15 @@ pub struct Row {
     pub mode: String,
     pub profile: String,
     pub run: usize,
-    pub temperature: &'static str,
     pub pull_s: f64,
     pub create_s: f64,
     pub run_s: f64,
     pub total_s: f64,
     /// Bytes the registry sent during the start (counted on the link).
     pub registry_bytes: u64,
+    pub temperature: &'static str,
+    /// The workload's name (its image unless the workloads file names it).
+    pub workload: String,
 }
 
 fn make_mode(name: &str) -> Result<Box<dyn Mode>> {
@@ -92,28 +94,49 @@ pub fn run(args: &RunArgs, runtime: &Handle) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
 
+    super::watch_interrupts(runtime)?;
     let check = crate::link_check::check_profile(args.profile, 100, 100, runtime)?;
     println!("{}", check.report());
+    super::check_interrupted()?;
 
     let registry = Registry::serve_storage(&args.registry_dir)?;
     let upstream: SocketAddr = registry.host().parse()?;
     let link = runtime.block_on(ShapedLink::start(upstream, args.profile))?;
+    let starts: usize =
+        workloads.iter().map(|w| w.variants.len()).sum::<usize>() * modes.len() * args.runs * 2;
+    let progress = indicatif::ProgressBar::new(starts as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "[{elapsed_precise}] {bar:30} {pos}/{len} starts  {msg}",
+        )
+        .expect("a valid progress template"),
+    );
     let mut rows = Vec::new();
-    for workload in &workloads {
+    'all: for workload in &workloads {
         for variant in &workload.variants {
             let reference = format!("{}/{}", link.addr(), workload.reference(variant));
             for mode in modes.iter_mut() {
                 for run in 1..=args.runs {
                     for temperature in [Temperature::Cold, Temperature::Warm] {
+                        if super::interrupted() {
+                            break 'all;
+                        }
+                        progress.set_message(format!(
+                            "{}:{variant} {} run {run} {temperature:?}",
+                            workload.name,
+                            mode.name()
+                        ));
                         let id = format!("bench-{}-{run}", std::process::id());
                         let before = link.stats();
-                        let times = mode
-                            .start(&reference, workload, &id, temperature)
-                            .with_context(|| {
-                                format!("{} {reference} run {run} ({temperature:?})", mode.name())
-                            })?;
+                        let started = mode.start(&reference, workload, &id, temperature);
+                        if started.is_err() && super::interrupted() {
+                            break 'all;
+                        }
+                        let times = started.with_context(|| {
+                            format!("{} {reference} run {run} ({temperature:?})", mode.name())
+                        })?;
                         let bytes = (link.stats() - before).downstream_bytes;
                         let row = Row {
+                            workload: workload.name.clone(),
                             image: workload.image.clone(),
                             variant: variant.clone(),
                             mode: mode.name().to_owned(),
@@ -129,19 +152,30 @@ pub fn run(args: &RunArgs, runtime: &Handle) -> Result<()> {
                             total_s: times.total().as_secs_f64(),
                             registry_bytes: bytes,
                         };
-                        eprintln!(
-                            "{}:{} {} run {run} {}: {:.2} s, {} bytes",
-                            row.image, row.variant, row.mode, row.temperature, row.total_s, bytes
-                        );
+                        progress.suspend(|| {
+                            eprintln!(
+                                "{}:{} {} run {run} {}: {:.2} s, {} bytes",
+                                row.workload,
+                                row.variant,
+                                row.mode,
+                                row.temperature,
+                                row.total_s,
+                                bytes
+                            )
+                        });
+                        progress.inc(1);
                         rows.push(row);
                     }
                 }
             }
         }
     }
+    progress.finish_and_clear();
     drop(modes);
     write_csv(&args.out.join("results.csv"), &rows)?;
-    super::chart::draw(&args.out.join("chart.png"), &rows, args.profile.name)?;
+    if !rows.is_empty() {
+        super::chart::draw(&args.out.join("chart.png"), &rows, args.profile.name)?;
+    }
     if args.json {
         std::fs::write(
             args.out.join("results.json"),
@@ -149,6 +183,14 @@ pub fn run(args: &RunArgs, runtime: &Handle) -> Result<()> {
         )?;
     }
     print!("{}", table(&rows));
+    if super::interrupted() {
+        bail!(
+            "interrupted after {} of {starts} starts (their results are in {}); everything started \
+             was stopped and removed",
+            rows.len(),
+            args.out.display()
+        );
+    }
     Ok(())
 }
 
@@ -162,15 +204,15 @@ fn write_csv(path: &std::path::Path, rows: &[Row]) -> Result<()> {
     Ok(())
 }
 
-/// Median, min and max of the total time per image, variant, mode and temperature, with the median
-/// registry bytes and the ratio to the overlayfs baseline's median of the same image and temperature.
+/// Median, min and max of the total time per workload, variant, mode and temperature, with the median
+/// registry bytes and the ratio to the overlayfs baseline's median of the same workload and temperature.
 pub fn table(rows: &[Row]) -> String {
     use std::collections::BTreeMap;
     let mut groups: BTreeMap<(String, String, &str, String), Vec<&Row>> = BTreeMap::new();
     for row in rows {
         groups
             .entry((
-                row.image.clone(),
+                row.workload.clone(),
                 row.variant.clone(),
                 row.temperature,
                 row.mode.clone(),
@@ -194,7 +236,7 @@ pub fn table(rows: &[Row]) -> String {
         .collect();
     let mut out = format!(
         "{:<12} {:<8} {:<5} {:<17} {:>9} {:>17} {:>12} {:>10}\n",
-        "image", "variant", "temp", "mode", "total s", "min..max", "bytes", "÷ baseline"
+        "workload", "variant", "temp", "mode", "total s", "min..max", "bytes", "÷ baseline"
     );
     for ((image, variant, temperature, mode), rows) in &groups {
         let totals: Vec<f64> = rows.iter().map(|r| r.total_s).collect();
@@ -224,6 +266,7 @@ mod tests {
 
     fn row(mode: &str, variant: &str, temperature: &'static str, total: f64, bytes: u64) -> Row {
         Row {
+            workload: "py".into(),
             image: "py".into(),
             variant: variant.into(),
             mode: mode.into(),

@@ -8,6 +8,9 @@
 //! command = ["python3", "-c", "print('ready')"]
 //! ready = "^ready$"                         # regex on a stdout line
 //! ```
+//!
+//! An optional `name` tells apart two workloads on one image (default: the image); results are keyed by
+//! it.
 
 use std::path::Path;
 
@@ -28,6 +31,8 @@ struct File {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWorkload {
+    #[serde(default)]
+    name: Option<String>,
     image: String,
     variants: Vec<String>,
     command: Vec<String>,
@@ -37,6 +42,8 @@ struct RawWorkload {
 /// One workload: an image (repository), the variants (tags) to start, the command, and the ready line.
 #[derive(Debug, Clone)]
 pub struct Workload {
+    /// What the results call it: `name` from the file, or the image.
+    pub name: String,
     pub image: String,
     pub variants: Vec<String>,
     pub command: Vec<String>,
@@ -60,7 +67,11 @@ pub fn parse(text: &str) -> Result<Vec<Workload>> {
         .into_iter()
         .enumerate()
         .map(|(i, raw)| {
-            let which = format!("workload {} ({:?})", i + 1, raw.image);
+            let name = raw.name.clone().unwrap_or_else(|| raw.image.clone());
+            let which = format!("workload {} ({name:?})", i + 1);
+            if name.is_empty() || name.contains([',', '/']) || name.contains(char::is_whitespace) {
+                bail!("{which}: name must be a word without commas, slashes or spaces");
+            }
             if raw.image.is_empty()
                 || raw.image.contains(':')
                 || raw.image.chars().any(char::is_whitespace)
@@ -81,13 +92,25 @@ pub fn parse(text: &str) -> Result<Vec<Workload>> {
             let ready = Regex::new(&raw.ready)
                 .with_context(|| format!("{which}: ready is not a regular expression"))?;
             Ok(Workload {
+                name,
                 image: raw.image,
                 variants: raw.variants,
                 command: raw.command,
                 ready,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()
+        .and_then(|workloads| {
+            for (i, w) in workloads.iter().enumerate() {
+                if workloads[..i].iter().any(|earlier| earlier.name == w.name) {
+                    bail!(
+                        "two workloads are called {:?}: give one a distinct `name`",
+                        w.name
+                    );
+                }
+            }
+            Ok(workloads)
+        })
 }
 
 /// Reads and parses a workloads file.
@@ -116,6 +139,7 @@ ready = "^ready$"
         assert_eq!(workloads.len(), 1);
         let w = &workloads[0];
         assert_eq!(w.reference("esgz"), "py:esgz");
+        assert_eq!(w.name, "py");
         assert_eq!(w.command, ["python3", "-c", "print('ready')"]);
         assert!(w.ready.is_match("ready") && !w.ready.is_match("not ready"));
     }
@@ -144,5 +168,11 @@ ready = "^ready$"
         assert!(base(r#"command=[]"#).contains("empty command"));
         assert!(base(r#"ready="(""#).contains("not a regular expression"));
         assert!(case("[[workload]]\nimage = \"py\"\nextra = 1\n").contains("not a workloads file"));
+        assert!(base(r#"name="a b""#).contains("name must be"));
+        let twice = "[[workload]]\nimage = \"py\"\nvariants = [\"org\"]\ncommand = [\"true\"]\nready = \"r\"\n";
+        assert!(case(&format!("{twice}{twice}")).contains("distinct `name`"));
+        let named = parse(&format!("{twice}name = \"py-all\"\n{twice}")).unwrap();
+        assert_eq!(named[0].name, "py-all");
+        assert_eq!(named[0].image, "py");
     }
 }
