@@ -166,6 +166,8 @@ struct Shared {
     down: Pacer,
     up: Pacer,
     counters: LinkCounters,
+    /// (when, downstream bytes so far) after each write to a client, oldest first.
+    downstream_timeline: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, u64)>>,
 }
 
 /// A running shaped link: connect to [`ShapedLink::addr`] to reach the upstream through it. Dropping it
@@ -189,6 +191,7 @@ impl ShapedLink {
             down: Pacer::new(profile.rate),
             up: Pacer::new(profile.rate),
             counters: LinkCounters::default(),
+            downstream_timeline: Default::default(),
         });
         let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         Ok(ShapedLink {
@@ -214,6 +217,33 @@ impl ShapedLink {
             connections: c.connections.load(Ordering::Relaxed),
         }
     }
+}
+
+impl ShapedLink {
+    /// The downstream byte count as it was at `at` (bytes delivered to clients up to then); `at` must not
+    /// be earlier than the last [`ShapedLink::forget_before`].
+    pub fn downstream_bytes_at(&self, at: std::time::Instant) -> u64 {
+        let timeline = lock(&self.shared.downstream_timeline);
+        match timeline.partition_point(|(when, _)| *when <= at) {
+            0 => 0,
+            n => timeline[n - 1].1,
+        }
+    }
+
+    /// Drops the timeline before `at` (what [`ShapedLink::downstream_bytes_at`] needs no more).
+    pub fn forget_before(&self, at: std::time::Instant) {
+        let mut timeline = lock(&self.shared.downstream_timeline);
+        // Keep the last point before `at`: it is the count at `at` if nothing came since.
+        while timeline.len() > 1 && timeline[1].0 <= at {
+            timeline.pop_front();
+        }
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Drop for ShapedLink {
@@ -264,7 +294,7 @@ async fn relay(client: TcpStream, shared: Arc<Shared>) {
     tokio::join!(to_upstream, to_client);
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Direction {
     Up,
     Down,
@@ -305,7 +335,14 @@ async fn direction(
             if to.write_all(&chunk).await.is_err() {
                 return;
             }
-            counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            if direction == Direction::Down {
+                // Under the lock, so the timeline's totals grow in time order.
+                let mut timeline = lock(&shared.downstream_timeline);
+                let total = counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                timeline.push_back((std::time::Instant::now(), total + chunk.len() as u64));
+            } else {
+                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
         }
         let _ = to.shutdown().await;
     };

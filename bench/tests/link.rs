@@ -50,6 +50,7 @@ async fn exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
 async fn bytes_cross_intact_and_are_counted() {
     let upstream = peer(300_000).await;
     let link = ShapedLink::start(upstream, Profile::NONE).await.unwrap();
+    let before = std::time::Instant::now();
     let request = b"GET /v2/ please".repeat(1000);
     let answers = futures_join(link.addr(), &request, 4).await;
     let mut expected = reply(300_000);
@@ -61,6 +62,12 @@ async fn bytes_cross_intact_and_are_counted() {
     assert_eq!(stats.connections, 4);
     assert_eq!(stats.downstream_bytes, 4 * expected.len() as u64);
     assert_eq!(stats.upstream_bytes, 4 * request.len() as u64);
+    // The timeline: nothing before the first byte, everything by now, and forgetting keeps the present.
+    let now = std::time::Instant::now();
+    assert_eq!(link.downstream_bytes_at(before), 0);
+    assert_eq!(link.downstream_bytes_at(now), stats.downstream_bytes);
+    link.forget_before(now);
+    assert_eq!(link.downstream_bytes_at(now), stats.downstream_bytes);
 }
 
 async fn futures_join(addr: SocketAddr, request: &[u8], n: usize) -> Vec<Vec<u8>> {

@@ -137,6 +137,7 @@ mod tests {
     fn row(image: &str, variant: &str, mode: &str, temperature: &'static str, total: f64) -> Row {
         Row {
             workload: image.into(),
+            ready_bytes: 0,
             image: image.into(),
             variant: variant.into(),
             mode: mode.into(),

@@ -14,7 +14,7 @@ pub mod skiff_containerd;
 pub mod workloads;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use tokio::runtime::Handle;
@@ -30,6 +30,8 @@ pub struct StartTimes {
     pub create: Duration,
     /// From starting the task to the workload's ready line.
     pub run: Duration,
+    /// When the ready line was read.
+    pub ready_at: Option<Instant>,
 }
 
 impl StartTimes {
@@ -72,14 +74,15 @@ pub fn drop_caches() -> Result<()> {
 }
 
 /// `ctr container create [--snapshotter S] REF ID -- COMMAND` and `ctr task start ID` until the ready line,
-/// then the container is killed and removed (the image stays). Returns (create, run) times.
+/// then the container is killed and removed (the image stays). Returns (create, run) times and when the
+/// ready line came.
 pub fn ctr_create_and_run(
     containerd: &skiff_tests::Containerd,
     snapshotter: Option<&str>,
     reference: &str,
     id: &str,
     workload: &Workload,
-) -> Result<(Duration, Duration)> {
+) -> Result<(Duration, Duration, Instant)> {
     let started = std::time::Instant::now();
     let mut create = vec!["container", "create"];
     if let Some(snapshotter) = snapshotter {
@@ -105,7 +108,7 @@ pub fn ctr_create_and_run(
     let _ = ready.child.wait();
     let _ = containerd.ctr(&["task", "delete", "-f", id]);
     containerd.ctr_ok(&["container", "delete", id])?;
-    Ok((create, ready.elapsed))
+    Ok((create, ready.elapsed, ready.at))
 }
 
 /// A fresh skiffd (own root: an empty chunk cache) that reaches the registry of `reference`

@@ -44,7 +44,13 @@ impl Mode for OverlayfsMode {
         containerd.ctr_ok(&["image", "pull", "--plain-http", reference])?;
         let pull = started.elapsed();
 
-        let (create, run) = ctr_create_and_run(containerd, None, reference, id, workload)?;
-        Ok(StartTimes { pull, create, run })
+        let (create, run, ready_at) =
+            ctr_create_and_run(containerd, None, reference, id, workload)?;
+        Ok(StartTimes {
+            pull,
+            create,
+            run,
+            ready_at: Some(ready_at),
+        })
     }
 }

@@ -15,6 +15,8 @@ const INTERRUPT_POLL: Duration = Duration::from_millis(200);
 pub struct Ready {
     /// From spawning the command to reading the ready line.
     pub elapsed: Duration,
+    /// When the ready line was read.
+    pub at: Instant,
     pub line: String,
     pub child: Child,
 }
@@ -59,6 +61,7 @@ pub fn run_until_ready(command: &mut Command, ready: &Regex, timeout: Duration) 
                 if ready.is_match(&line) {
                     return Ok(Ready {
                         elapsed: start.elapsed(),
+                        at: Instant::now(),
                         line,
                         child,
                     });

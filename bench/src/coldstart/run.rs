@@ -66,6 +66,9 @@ pub struct Row {
     pub temperature: &'static str,
     /// The workload's name (its image unless the workloads file names it).
     pub workload: String,
+    /// Bytes the registry sent from the start's beginning until the ready line (`registry_bytes` also
+    /// counts what came while the container was stopped and removed).
+    pub ready_bytes: u64,
 }
 
 fn make_mode(name: &str) -> Result<Box<dyn Mode>> {
@@ -135,6 +138,10 @@ pub fn run(args: &RunArgs, runtime: &Handle) -> Result<()> {
                             format!("{} {reference} run {run} ({temperature:?})", mode.name())
                         })?;
                         let bytes = (link.stats() - before).downstream_bytes;
+                        let ready_bytes = times.ready_at.map_or(bytes, |at| {
+                            link.downstream_bytes_at(at) - before.downstream_bytes
+                        });
+                        link.forget_before(std::time::Instant::now());
                         let row = Row {
                             workload: workload.name.clone(),
                             image: workload.image.clone(),
@@ -151,6 +158,7 @@ pub fn run(args: &RunArgs, runtime: &Handle) -> Result<()> {
                             run_s: times.run.as_secs_f64(),
                             total_s: times.total().as_secs_f64(),
                             registry_bytes: bytes,
+                            ready_bytes,
                         };
                         progress.suspend(|| {
                             eprintln!(
@@ -235,25 +243,35 @@ pub fn table(rows: &[Row]) -> String {
         })
         .collect();
     let mut out = format!(
-        "{:<12} {:<8} {:<5} {:<17} {:>9} {:>17} {:>12} {:>10}\n",
-        "workload", "variant", "temp", "mode", "total s", "min..max", "bytes", "÷ baseline"
+        "{:<12} {:<8} {:<5} {:<17} {:>9} {:>17} {:>12} {:>12} {:>10}\n",
+        "workload",
+        "variant",
+        "temp",
+        "mode",
+        "total s",
+        "min..max",
+        "bytes",
+        "ready bytes",
+        "÷ baseline"
     );
     for ((image, variant, temperature, mode), rows) in &groups {
         let totals: Vec<f64> = rows.iter().map(|r| r.total_s).collect();
         let min = totals.iter().copied().fold(f64::INFINITY, f64::min);
         let max = totals.iter().copied().fold(0.0, f64::max);
         let med = median(totals);
-        let bytes = {
-            let mut b: Vec<u64> = rows.iter().map(|r| r.registry_bytes).collect();
+        let median_of = |bytes: fn(&Row) -> u64| {
+            let mut b: Vec<u64> = rows.iter().map(|r| bytes(r)).collect();
             b.sort();
             b[b.len() / 2]
         };
+        let bytes = median_of(|r| r.registry_bytes);
+        let ready_bytes = median_of(|r| r.ready_bytes);
         let ratio = baseline
             .get(&(image.clone(), *temperature))
             .map(|base| format!("{:.2}", med / base))
             .unwrap_or_else(|| "-".to_owned());
         out.push_str(&format!(
-            "{image:<12} {variant:<8} {temperature:<5} {mode:<17} {med:>9.2} {:>17} {bytes:>12} {ratio:>10}\n",
+            "{image:<12} {variant:<8} {temperature:<5} {mode:<17} {med:>9.2} {:>17} {bytes:>12} {ready_bytes:>12} {ratio:>10}\n",
             format!("{min:.2}..{max:.2}"),
         ));
     }
@@ -278,6 +296,7 @@ mod tests {
             run_s: total / 2.0,
             total_s: total,
             registry_bytes: bytes,
+            ready_bytes: bytes,
         }
     }
 

@@ -88,6 +88,7 @@ impl Mode for SkiffMode {
             pull,
             create,
             run: ready.elapsed,
+            ready_at: Some(ready.at),
         })
     }
 }

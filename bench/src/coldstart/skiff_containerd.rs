@@ -94,7 +94,13 @@ impl Mode for SkiffContainerdMode {
         }
         let pull = started.elapsed();
 
-        let (create, run) = ctr_create_and_run(containerd, Some("skiff"), reference, id, workload)?;
-        Ok(StartTimes { pull, create, run })
+        let (create, run, ready_at) =
+            ctr_create_and_run(containerd, Some("skiff"), reference, id, workload)?;
+        Ok(StartTimes {
+            pull,
+            create,
+            run,
+            ready_at: Some(ready_at),
+        })
     }
 }
