@@ -300,8 +300,8 @@ fn detail_json(detail: &v1::ImageDetail) -> anyhow::Result<String> {
     serde_json::to_string_pretty(&value).context("format image info as JSON")
 }
 
-/// `lazy 3% (1.1 MB of 34.6 MB)` when any layer is mounted lazily, `full` when every layer was downloaded,
-/// `-` when the image has no layer snapshots.
+/// `lazy 3% (1.1 MB of 34.6 MB, 120 of 4000 chunks cached)` when any layer is mounted lazily (chunks of
+/// the lazy layers), `full` when every layer was downloaded, `-` when the image has no layer snapshots.
 fn fetched_summary(fetch: &[v1::LayerFetch]) -> String {
     if fetch.is_empty() {
         return "-".to_owned();
@@ -326,8 +326,12 @@ fn fetched_summary(fetch: &[v1::LayerFetch]) -> String {
     } else {
         fetched as f64 * 100.0 / total as f64
     };
+    let lazy = fetch.iter().filter(|f| f.lazy);
+    let (cached, chunks) = lazy.fold((0, 0), |(cached, chunks), f| {
+        (cached + f.chunks_cached, chunks + f.chunks_total)
+    });
     format!(
-        "lazy {percent:.0}% ({} of {})",
+        "lazy {percent:.0}% ({} of {}, {cached} of {chunks} chunks cached)",
         output::size(fetched),
         output::size(total)
     )
@@ -351,6 +355,13 @@ mod tests {
         assert_eq!(fetched_summary(&[layer(false, 0, 100)]), "full");
         let mixed = fetched_summary(&[layer(false, 0, 1000), layer(true, 0, 9000)]);
         assert!(mixed.starts_with("lazy 10% ("), "{mixed}");
+        let chunks = |cached, total| v1::LayerFetch {
+            chunks_cached: cached,
+            chunks_total: total,
+            ..layer(true, 0, 100)
+        };
+        let counted = fetched_summary(&[chunks(3, 10), chunks(5, 30)]);
+        assert!(counted.ends_with(", 8 of 40 chunks cached)"), "{counted}");
     }
 
     #[test]
