@@ -101,6 +101,13 @@ pub fn run(args: &ConcurrentArgs, runtime: &Handle) -> Result<()> {
     skiff_tests::require(&["root", "/dev/fuse", "docker-registry", "runc"])?;
     let workloads = workloads::load(&args.workloads)?;
     let (image, workload) = pick(&workloads, args.image.as_deref())?;
+    // Before the link check, which takes a while.
+    if !args.registry_dir.is_dir() {
+        bail!(
+            "registry storage {} is not a directory (fill it with `skiff-bench corpus push --registry-dir DIR`)",
+            args.registry_dir.display()
+        );
+    }
     std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
 
     let check = crate::link_check::check_profile(args.profile, 100, 100, runtime)?;
