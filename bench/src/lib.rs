@@ -8,7 +8,9 @@
 //!   cold-start harness puts between the registry and its clients; [`link_check`] (`skiff-bench
 //!   link-check`) measures it against a real registry.
 //! - [`coldstart`]: the cold-start harness (issue "Cold-start benchmark"): workloads, modes (so far the
-//!   `overlayfs` baseline and `skiff-containerd`), ready-line timing. It drives skiff and containerd like a user does.
+//!   `overlayfs` baseline and `skiff-containerd`), ready-line timing, and [`coldstart::concurrent`]
+//!   (`skiff-bench concurrent`): N simultaneous cold starts of one image against one. It drives skiff
+//!   and containerd like a user does.
 
 pub mod coldstart;
 pub mod corpus;

@@ -22,6 +22,9 @@ enum Command {
     /// Cold starts: every workload's image variants in every mode, cold and warm, through a shaped link
     /// in front of a registry; a table, results.csv (and results.json).
     Run(skiff_bench::coldstart::run::RunArgs),
+    /// Concurrency: N containers of one image started at the same moment on a cold skiffd, against one;
+    /// total ÷ single, registry bytes and duplicate chunk fetches; concurrent.csv.
+    Concurrent(skiff_bench::coldstart::concurrent::ConcurrentArgs),
     /// Build the benchmark images and push them as plain gzip, eStargz and optimized eStargz.
     #[command(subcommand)]
     Corpus(skiff_bench::corpus::CorpusCommand),
@@ -37,6 +40,9 @@ fn main() -> Result<()> {
         Command::Fuse(args) => skiff_bench::fuse_micro::run(&args, runtime.handle()),
         Command::LinkCheck(args) => skiff_bench::link_check::run(&args, runtime.handle()),
         Command::Run(args) => skiff_bench::coldstart::run::run(&args, runtime.handle()),
+        Command::Concurrent(args) => {
+            skiff_bench::coldstart::concurrent::run(&args, runtime.handle())
+        }
         Command::Corpus(command) => skiff_bench::corpus::run(&command),
     }
 }

@@ -40,8 +40,14 @@ pub enum ImageCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Show an image's target, platform manifest, config and layers.
-    Info { name: String },
+    /// Show an image's target, platform manifest, config and layers, with what each lazily mounted
+    /// layer has fetched, cached and served.
+    Info {
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run(ctx: &Ctx, command: ImageCommand) -> anyhow::Result<()> {
@@ -103,7 +109,7 @@ pub async fn run(ctx: &Ctx, command: ImageCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ImageCommand::Info { name } => {
+        ImageCommand::Info { name, json } => {
             let detail = client
                 .get(v1::GetImageRequest {
                     namespace,
@@ -113,7 +119,11 @@ pub async fn run(ctx: &Ctx, command: ImageCommand) -> anyhow::Result<()> {
                 .map_err(output::status)
                 .with_context(|| format!("image info {name}"))?
                 .into_inner();
-            print_detail(&detail);
+            if json {
+                println!("{}", detail_json(&detail)?);
+            } else {
+                print_detail(&detail);
+            }
             Ok(())
         }
     }
@@ -224,6 +234,14 @@ fn print_detail(detail: &v1::ImageDetail) {
                 output::size(fetch.size),
                 fetch.requests
             );
+            println!(
+                "    chunks: {} of {} cached; read by containers {}; background {}; duplicate fetches {}",
+                fetch.chunks_cached,
+                fetch.chunks_total,
+                output::size(fetch.bytes_read),
+                output::size(fetch.background_bytes),
+                fetch.duplicate_fetches
+            );
         }
         let mut annotations: Vec<_> = layer.annotations.iter().collect();
         annotations.sort();
@@ -233,8 +251,57 @@ fn print_detail(detail: &v1::ImageDetail) {
     }
 }
 
-/// `lazy 3% (1.1 MB of 34.6 MB)` when any layer is mounted lazily, `full` when every layer was downloaded,
-/// `-` when the image has no layer snapshots.
+/// `image info --json`: the detail with every layer's fetch counters (`fetch` is null for a layer that
+/// was downloaded whole).
+fn detail_json(detail: &v1::ImageDetail) -> anyhow::Result<String> {
+    use serde_json::{json, Value};
+    let descriptor = |d: Option<&v1::Descriptor>| {
+        d.map_or(
+            Value::Null,
+            |d| json!({"digest": d.digest, "media_type": d.media_type, "size": d.size}),
+        )
+    };
+    let image = detail.image.clone().unwrap_or_default();
+    let layers: Vec<Value> = detail
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, layer)| {
+            let mut value = descriptor(Some(layer));
+            value["annotations"] = json!(layer.annotations);
+            value["fetch"] = detail
+                .fetch
+                .get(i)
+                .filter(|f| f.lazy)
+                .map_or(Value::Null, |f| {
+                    json!({
+                        "bytes_fetched": f.bytes_fetched,
+                        "requests": f.requests,
+                        "background_bytes": f.background_bytes,
+                        "bytes_read": f.bytes_read,
+                        "chunks_total": f.chunks_total,
+                        "chunks_cached": f.chunks_cached,
+                        "duplicate_fetches": f.duplicate_fetches,
+                    })
+                });
+            value
+        })
+        .collect();
+    let value = json!({
+        "name": image.name,
+        "target": descriptor(image.target.as_ref()),
+        "platform": detail.platform,
+        "manifest": descriptor(detail.manifest.as_ref()),
+        "config": descriptor(detail.config.as_ref()),
+        "snapshot": detail.snapshot,
+        "labels": image.labels,
+        "layers": layers,
+    });
+    serde_json::to_string_pretty(&value).context("format image info as JSON")
+}
+
+/// `lazy 3% (1.1 MB of 34.6 MB, 120 of 4000 chunks cached)` when any layer is mounted lazily (chunks of
+/// the lazy layers), `full` when every layer was downloaded, `-` when the image has no layer snapshots.
 fn fetched_summary(fetch: &[v1::LayerFetch]) -> String {
     if fetch.is_empty() {
         return "-".to_owned();
@@ -259,8 +326,12 @@ fn fetched_summary(fetch: &[v1::LayerFetch]) -> String {
     } else {
         fetched as f64 * 100.0 / total as f64
     };
+    let lazy = fetch.iter().filter(|f| f.lazy);
+    let (cached, chunks) = lazy.fold((0, 0), |(cached, chunks), f| {
+        (cached + f.chunks_cached, chunks + f.chunks_total)
+    });
     format!(
-        "lazy {percent:.0}% ({} of {})",
+        "lazy {percent:.0}% ({} of {}, {cached} of {chunks} chunks cached)",
         output::size(fetched),
         output::size(total)
     )
@@ -278,10 +349,62 @@ mod tests {
             bytes_fetched,
             requests: 1,
             size,
+            ..v1::LayerFetch::default()
         };
         assert_eq!(fetched_summary(&[]), "-");
         assert_eq!(fetched_summary(&[layer(false, 0, 100)]), "full");
         let mixed = fetched_summary(&[layer(false, 0, 1000), layer(true, 0, 9000)]);
         assert!(mixed.starts_with("lazy 10% ("), "{mixed}");
+        let chunks = |cached, total| v1::LayerFetch {
+            chunks_cached: cached,
+            chunks_total: total,
+            ..layer(true, 0, 100)
+        };
+        let counted = fetched_summary(&[chunks(3, 10), chunks(5, 30)]);
+        assert!(counted.ends_with(", 8 of 40 chunks cached)"), "{counted}");
+    }
+
+    #[test]
+    fn info_json_carries_every_lazy_layer_counter() {
+        let layer = |digest: &str| v1::Descriptor {
+            digest: digest.to_owned(),
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".to_owned(),
+            size: 100,
+            ..v1::Descriptor::default()
+        };
+        let detail = v1::ImageDetail {
+            layers: vec![layer("sha256:a"), layer("sha256:b")],
+            fetch: vec![
+                v1::LayerFetch {
+                    digest: "sha256:a".to_owned(),
+                    size: 100,
+                    ..v1::LayerFetch::default()
+                },
+                v1::LayerFetch {
+                    digest: "sha256:b".to_owned(),
+                    lazy: true,
+                    bytes_fetched: 40,
+                    requests: 2,
+                    size: 100,
+                    chunks_total: 9,
+                    chunks_cached: 4,
+                    background_bytes: 10,
+                    bytes_read: 77,
+                    duplicate_fetches: 0,
+                },
+            ],
+            ..v1::ImageDetail::default()
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&detail_json(&detail).unwrap()).unwrap();
+        let layers = value["layers"].as_array().unwrap();
+        assert!(layers[0]["fetch"].is_null());
+        let fetch = &layers[1]["fetch"];
+        assert_eq!(fetch["chunks_total"], 9);
+        assert_eq!(fetch["chunks_cached"], 4);
+        assert_eq!(fetch["bytes_read"], 77);
+        assert_eq!(fetch["background_bytes"], 10);
+        assert_eq!(fetch["duplicate_fetches"], 0);
+        assert_eq!(layers[1]["digest"], "sha256:b");
     }
 }

@@ -2,7 +2,7 @@
 //! with plain filesystem methods returning `Result<_, FsError>`, so it is tested without a kernel.
 //! `adapter.rs` is the only place that speaks fuser.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -411,6 +411,24 @@ impl LazyLayer {
         self.fetcher.stats()
     }
 
+    /// The layer's distinct chunks (by digest, as the chunk store keys them) and how many of those are
+    /// in the chunk store now. Walks the tree; the store answers from its index, without IO.
+    pub fn chunk_counts(&self) -> ChunkCounts {
+        let digests: HashSet<[u8; 32]> = self
+            .tree
+            .nodes()
+            .flat_map(|node| node.chunks.iter().map(|c| c.digest))
+            .collect();
+        let store = self.fetcher.store();
+        ChunkCounts {
+            total: digests.len() as u64,
+            cached: digests
+                .iter()
+                .filter(|d| store.contains(&ChunkDigest(**d)))
+                .count() as u64,
+        }
+    }
+
     fn node(&self, ino: Ino) -> Result<&Node, FsError> {
         self.tree.node(ino).ok_or(FsError::NotFound)
     }
@@ -554,7 +572,9 @@ impl LazyLayer {
         if let Some(ahead) = self.readahead(node, start, end) {
             self.fetch_ahead(ahead);
         }
-        Ok(Some(Self::assemble(chunks, &data, start, end)))
+        let bytes = Self::assemble(chunks, &data, start, end);
+        LayerStats::add(&self.stats().bytes_read, bytes.len() as u64);
+        Ok(Some(bytes))
     }
 
     /// The bytes `[offset, offset+len)` of a file (fewer at end of file), fetching what is missing.
@@ -573,7 +593,9 @@ impl LazyLayer {
         if let Some(ahead) = readahead {
             self.fetch_ahead(ahead);
         }
-        Ok(Self::assemble(chunks, &data, start, end))
+        let bytes = Self::assemble(chunks, &data, start, end);
+        LayerStats::add(&self.stats().bytes_read, bytes.len() as u64);
+        Ok(bytes)
     }
 
     /// Fetches readahead chunks without anyone waiting for them.
@@ -719,6 +741,15 @@ impl LazyLayer {
             name_max: 255,
         }
     }
+}
+
+/// How much of a layer's chunks the chunk store holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChunkCounts {
+    /// Distinct chunks of the layer's TOC.
+    pub total: u64,
+    /// Of those, the ones in the chunk store.
+    pub cached: u64,
 }
 
 /// What statfs reports for a read-only layer.

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use crate::adapter::{MountError, MountedLayer};
 use crate::cache::ChunkStore;
 use crate::fetch::{RegistryBlob, StatsSnapshot};
-use crate::lazyfs::{LayerConfig, LayerDescriptor, LazyLayer, OpenError};
+use crate::lazyfs::{ChunkCounts, LayerConfig, LayerDescriptor, LazyLayer, OpenError};
 use crate::registry::{Digest, Reference, RegistryClient};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,8 @@ pub struct MountedInfo {
     pub layer_digest: String,
     pub stats: StatsSnapshot,
     pub total_file_bytes: u64,
+    /// The layer's distinct chunks and how many are in the chunk store, counted when asked.
+    pub chunks: ChunkCounts,
 }
 
 pub struct LayerManager {
@@ -133,16 +135,33 @@ impl LayerManager {
         self.mounts().contains_key(mountpoint)
     }
 
+    /// Every mounted layer (the chunk counts are taken outside the lock on the mounts).
     pub fn list(&self) -> Vec<MountedInfo> {
-        self.mounts()
+        let layers: Vec<(PathBuf, Arc<LazyLayer>)> = self
+            .mounts()
             .iter()
-            .map(|(mountpoint, mounted)| MountedInfo {
-                mountpoint: mountpoint.clone(),
-                layer_digest: mounted.layer().descriptor().digest.clone(),
-                stats: mounted.layer().stats().snapshot(),
-                total_file_bytes: mounted.layer().tree().total_file_bytes(),
-            })
+            .map(|(mountpoint, mounted)| (mountpoint.clone(), Arc::clone(mounted.layer())))
+            .collect();
+        layers
+            .into_iter()
+            .map(|(mountpoint, layer)| Self::info_of(mountpoint, &layer))
             .collect()
+    }
+
+    /// The layer mounted at `mountpoint`, if any.
+    pub fn info(&self, mountpoint: &Path) -> Option<MountedInfo> {
+        let layer = Arc::clone(self.mounts().get(mountpoint)?.layer());
+        Some(Self::info_of(mountpoint.to_path_buf(), &layer))
+    }
+
+    fn info_of(mountpoint: PathBuf, layer: &LazyLayer) -> MountedInfo {
+        MountedInfo {
+            mountpoint,
+            layer_digest: layer.descriptor().digest.clone(),
+            stats: layer.stats().snapshot(),
+            total_file_bytes: layer.tree().total_file_bytes(),
+            chunks: layer.chunk_counts(),
+        }
     }
 }
 

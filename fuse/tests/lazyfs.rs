@@ -43,6 +43,9 @@ struct Faults {
     fail: Vec<(Range<u64>, u32)>,
     /// Every request waits this long before answering.
     delay: Duration,
+    /// While set, every request waits for a permit of this semaphore before answering (opening the
+    /// gate adds permits): a test decides when fetched bytes land, without timing.
+    gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// A `MemoryBlob` that records every request (its range, and the bytes it answered) and can corrupt,
@@ -105,6 +108,24 @@ impl CountingBlob {
         lock(&self.faults).delay = delay;
     }
 
+    /// Requests from now on wait until `open_gate`.
+    fn close_gate(&self) {
+        lock(&self.faults).gate = Some(Arc::new(tokio::sync::Semaphore::new(0)));
+    }
+
+    /// Lets the oldest waiting request through (the semaphore is fair).
+    fn release_one(&self) {
+        if let Some(gate) = &lock(&self.faults).gate {
+            gate.add_permits(1);
+        }
+    }
+
+    fn open_gate(&self) {
+        if let Some(gate) = lock(&self.faults).gate.take() {
+            gate.add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+        }
+    }
+
     /// Back to a healthy source (counters are kept).
     fn heal(&self) {
         *lock(&self.faults) = Faults::default();
@@ -119,7 +140,7 @@ impl BlobSource for CountingBlob {
     fn read_range(&self, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, SourceError>> {
         async move {
             lock(&self.log).push(range.clone());
-            let (delay, fail) = {
+            let (delay, fail, gate) = {
                 let mut faults = lock(&self.faults);
                 let fail = faults
                     .fail
@@ -127,8 +148,13 @@ impl BlobSource for CountingBlob {
                     .find(|(r, n)| *n > 0 && overlaps(r, &range))
                     .map(|(_, n)| *n -= 1)
                     .is_some();
-                (faults.delay, fail)
+                (faults.delay, fail, faults.gate.clone())
             };
+            if let Some(gate) = gate {
+                if let Ok(permit) = gate.acquire().await {
+                    permit.forget();
+                }
+            }
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
@@ -818,6 +844,128 @@ async fn fetcher_single_flight_and_merged_spans() {
     let snapshot = stats.snapshot();
     assert_eq!((snapshot.chunk_misses, snapshot.chunk_hits), (8, 2));
     assert!(fetcher.missing(&chunks).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_gets_of_the_same_chunks_fetch_each_once() {
+    // Eight callers (eight containers starting at once) ask for the same chunks; every one is fetched
+    // by one request and lands once: no duplicate fetches.
+    let items = sample_with_large();
+    let fx = Fixture::estargz(&items, 4096, quiet()).await;
+    let chunks = fx.chunks("opt/large");
+    let opened = fx.source.request_count();
+    fx.source.close_gate();
+    let getters: Vec<_> = (0..8)
+        .map(|_| {
+            let layer = Arc::clone(&fx.layer);
+            let large = fx.ino("opt/large");
+            tokio::spawn(async move { layer.read(large, 0, 256 * 1024).await })
+        })
+        .collect();
+    // Seven callers joined the first one's fetches (hits) before any byte lands.
+    let n = chunks.len() as u64;
+    eventually("every caller to join", || {
+        fx.layer.stats().snapshot().chunk_hits == 7 * n
+    })
+    .await;
+    fx.source.open_gate();
+    let want = data_of(&items, "opt/large");
+    for getter in getters {
+        assert_eq!(getter.await.unwrap().unwrap(), want);
+    }
+    let stats = fx.layer.stats().snapshot();
+    assert_eq!(stats.duplicate_fetches, 0);
+    assert_eq!(stats.chunk_misses, n);
+    for chunk in &chunks {
+        assert_eq!(fx.source.requests_overlapping(&chunk.compressed), 1);
+    }
+    assert_eq!(fx.store.stats().inserts, n);
+    assert!(fx.source.request_count() > opened);
+    assert_eq!(stats.bytes_read, 8 * want.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunk_cached_while_its_fetch_was_in_flight_is_a_duplicate_fetch() {
+    // Two fetchers over one store (two layers with identical content) cannot share a fetch: the
+    // chunks one of them brings in are already cached when its bytes land, and are counted.
+    let items = [Item::File("f", 0o644, pseudo_random(8 * 1024, 5))];
+    let blob = build_estargz(&items, 1024);
+    let source = CountingBlob::new("dup", blob.bytes.clone());
+    let (_dir, store) = new_store();
+    let layer = LazyLayer::open(
+        source.clone(),
+        &estargz_descriptor(&blob),
+        store.clone(),
+        &quiet(),
+    )
+    .await
+    .unwrap();
+    let chunks = all_chunks(&layer);
+    assert_eq!(chunks.len(), 8);
+    let fetcher = |stats: &Arc<LayerStats>| {
+        ChunkFetcher::new(
+            source.clone(),
+            store.clone(),
+            Compression::Gzip,
+            quiet().fetch,
+            Arc::clone(stats),
+        )
+    };
+    let (first_stats, second_stats) = (Arc::default(), Arc::default());
+    let (first, second) = (fetcher(&first_stats), fetcher(&second_stats));
+    source.close_gate();
+    let opened = source.request_count();
+    let in_flight = {
+        let wanted = chunks.clone();
+        tokio::spawn(async move { first.get(&wanted, Priority::Demand).await })
+    };
+    eventually("the first request", || source.request_count() > opened).await;
+    // The second fetcher's request for half of them waits at the gate too.
+    let late = {
+        let wanted = chunks[..4].to_vec();
+        tokio::spawn(async move { second.get(&wanted, Priority::Demand).await })
+    };
+    eventually("the second request", || source.request_count() > opened + 1).await;
+    // The first request lands (all eight chunks cached), then the second.
+    source.release_one();
+    in_flight.await.unwrap().unwrap();
+    source.open_gate();
+    late.await.unwrap().unwrap();
+    assert_eq!(first_stats.snapshot().duplicate_fetches, 0);
+    assert_eq!(second_stats.snapshot().duplicate_fetches, 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_count_bytes_read_and_chunk_counts_follow_the_cache() {
+    let items = sample_with_large();
+    let fx = Fixture::estargz(&items, 4096, quiet()).await;
+    let distinct: std::collections::HashSet<[u8; 32]> =
+        all_chunks(&fx.layer).iter().map(|c| c.digest).collect();
+    let counts = fx.layer.chunk_counts();
+    assert_eq!((counts.total, counts.cached), (distinct.len() as u64, 0));
+
+    let hosts = fx.ino("etc/hosts");
+    assert_eq!(fx.layer.read(hosts, 0, 4096).await.unwrap().len(), 20);
+    assert_eq!(fx.layer.stats().snapshot().bytes_read, 20);
+    // A cache hit answered inline counts too; a read past the end returns (and counts) nothing.
+    assert_eq!(
+        fx.layer.read_cached(hosts, 10, 5).unwrap().unwrap().len(),
+        5
+    );
+    assert_eq!(fx.layer.read(hosts, 100, 10).await.unwrap().len(), 0);
+    assert_eq!(fx.layer.stats().snapshot().bytes_read, 25);
+    assert_eq!(fx.layer.chunk_counts().cached, 1);
+
+    let large = fx.read_all("opt/large").await;
+    assert_eq!(
+        fx.layer.stats().snapshot().bytes_read,
+        25 + large.len() as u64
+    );
+    let cached = fx.layer.chunk_counts().cached;
+    assert_eq!(cached, 1 + fx.chunks("opt/large").len() as u64);
+    // Background fetching would bring in the rest; with it off, nothing else is cached.
+    assert!(cached < distinct.len() as u64);
+    assert_eq!(fx.layer.stats().snapshot().duplicate_fetches, 0);
 }
 
 // ---------------------------------------------------------------------------------------------------

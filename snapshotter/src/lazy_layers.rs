@@ -169,15 +169,16 @@ impl RemoteLayers for FuseRemoteLayers {
     }
 
     fn stats(&self, mountpoint: &Path) -> Option<RemoteLayerStats> {
-        self.manager
-            .list()
-            .into_iter()
-            .find(|m| m.mountpoint == mountpoint)
-            .map(|m| RemoteLayerStats {
-                bytes_fetched: m.stats.bytes_fetched,
-                requests: m.stats.requests,
-                file_bytes: m.total_file_bytes,
-            })
+        self.manager.info(mountpoint).map(|m| RemoteLayerStats {
+            bytes_fetched: m.stats.bytes_fetched,
+            requests: m.stats.requests,
+            file_bytes: m.total_file_bytes,
+            background_bytes: m.stats.background_bytes,
+            bytes_read: m.stats.bytes_read,
+            chunks_total: m.chunks.total,
+            chunks_cached: m.chunks.cached,
+            duplicate_fetches: m.stats.duplicate_fetches,
+        })
     }
 
     fn unmount(&self, mountpoint: &Path) -> Result<(), RemoteError> {

@@ -160,6 +160,11 @@ fn image_detail(detail: &ImageDetail) -> v1::ImageDetail {
                     bytes_fetched: lazy.map_or(0, |s| s.bytes_fetched),
                     requests: lazy.map_or(0, |s| s.requests),
                     size: layer.size,
+                    chunks_total: lazy.map_or(0, |s| s.chunks_total),
+                    chunks_cached: lazy.map_or(0, |s| s.chunks_cached),
+                    background_bytes: lazy.map_or(0, |s| s.background_bytes),
+                    bytes_read: lazy.map_or(0, |s| s.bytes_read),
+                    duplicate_fetches: lazy.map_or(0, |s| s.duplicate_fetches),
                 }
             })
             .collect(),

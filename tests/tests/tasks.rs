@@ -264,6 +264,29 @@ fn a_lazy_image_runs_and_reports_what_it_fetched() -> Result<()> {
     ensure!(percent < 25, "FETCHED of a lazily run image: {row:?}");
     let info = skiffd.skiff_ok(&["image", "info", &reference])?;
     ensure!(info.matches("lazy:").count() == 2, "{info}");
+    ensure!(info.matches("chunks:").count() == 2, "{info}");
+
+    // The per-layer counters (issue 5), as JSON: the container read /etc/motd and busybox through
+    // FUSE, nothing was fetched twice, and without background fetching most chunks (those of the
+    // unread 16 MiB file) are not cached.
+    let json: serde_json::Value =
+        serde_json::from_str(&skiffd.skiff_ok(&["image", "info", "--json", &reference])?)?;
+    let fetches: Vec<&serde_json::Value> = json["layers"]
+        .as_array()
+        .map(|layers| layers.iter().map(|l| &l["fetch"]).collect())
+        .unwrap_or_default();
+    ensure!(
+        fetches.len() == 2 && fetches.iter().all(|f| f.is_object()),
+        "{json}"
+    );
+    let sum = |name: &str| -> u64 { fetches.iter().filter_map(|f| f[name].as_u64()).sum() };
+    ensure!(sum("bytes_read") >= "lazy hello\n".len() as u64, "{json}");
+    ensure!(sum("duplicate_fetches") == 0, "{json}");
+    let (total, cached) = (sum("chunks_total"), sum("chunks_cached"));
+    ensure!(
+        cached > 0 && cached < total,
+        "{cached} of {total} chunks cached: {json}"
+    );
     Ok(())
 }
 

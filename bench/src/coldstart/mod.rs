@@ -6,6 +6,7 @@
 //! behind a [`crate::link::ShapedLink`], whose counters give the bytes each start fetched.
 
 pub mod chart;
+pub mod concurrent;
 pub mod overlayfs;
 pub mod ready;
 pub mod run;

@@ -28,7 +28,7 @@ impl SkiffMode {
 }
 
 /// `skiff --address SOCK ARGS…` that must succeed; returns how long it took.
-fn skiff(skiffd: &Skiffd, args: &[&str]) -> Result<Duration> {
+pub(super) fn skiff(skiffd: &Skiffd, args: &[&str]) -> Result<Duration> {
     let started = Instant::now();
     let output = Command::new(cargo_bin("skiff")?)
         .arg("--address")

@@ -297,11 +297,12 @@ impl ChunkFetcher {
                    chunks = span.chunks.len(), ?priority, "fetched span");
 
             let store = self.store.clone();
+            let stats = Arc::clone(&self.stats);
             let compression = self.compression;
             let chunks = span.chunks.clone();
             let start = span.range.start;
             let decoded = tokio::task::spawn_blocking(move || {
-                decode_span(&store, compression, start, &bytes, &chunks)
+                decode_span(&store, &stats, compression, start, &bytes, &chunks)
             })
             .await
             .map_err(|_| FetchError::Cancelled)?;
@@ -367,9 +368,11 @@ enum DecodeError {
 
 /// Decompresses and verifies every chunk of a fetched span and stores it. A chunk that does not
 /// verify fails the whole span (it is fetched again); a cache that cannot store (disk full) does not
-/// fail the read: verified bytes are still served.
+/// fail the read: verified bytes are still served. A chunk the store already holds was fetched twice
+/// (`duplicate_fetches`).
 fn decode_span(
     store: &ChunkStore,
+    stats: &LayerStats,
     compression: Compression,
     start: u64,
     bytes: &[u8],
@@ -391,6 +394,10 @@ fn decode_span(
                     actual,
                 }),
             ));
+        }
+        if store.contains(&digest) {
+            LayerStats::add(&stats.duplicate_fetches, 1);
+            debug!(%digest, "chunk fetched although it was cached already");
         }
         match store.insert(&digest, &data) {
             Ok(()) => {}

@@ -150,6 +150,13 @@ pub struct LayerStats {
     pub retries: AtomicU64,
     /// Opens handed to the kernel as FUSE passthrough (reads then bypass skiff).
     pub passthrough_opens: AtomicU64,
+    /// Uncompressed bytes returned to readers by FUSE read replies. Reads of a passthrough open go from
+    /// the kernel straight to the cached file and are not counted.
+    pub bytes_read: AtomicU64,
+    /// Chunks a span fetch brought in that were already in the chunk store when the fetched bytes landed:
+    /// fetched twice. Single-flight keeps this 0 within a layer; identical chunks fetched by two layers
+    /// at the same moment can still count here.
+    pub duplicate_fetches: AtomicU64,
 }
 
 /// A copy of `LayerStats` at one moment.
@@ -163,6 +170,8 @@ pub struct StatsSnapshot {
     pub background_bytes: u64,
     pub retries: u64,
     pub passthrough_opens: u64,
+    pub bytes_read: u64,
+    pub duplicate_fetches: u64,
 }
 
 impl LayerStats {
@@ -177,6 +186,8 @@ impl LayerStats {
             background_bytes: get(&self.background_bytes),
             retries: get(&self.retries),
             passthrough_opens: get(&self.passthrough_opens),
+            bytes_read: get(&self.bytes_read),
+            duplicate_fetches: get(&self.duplicate_fetches),
         }
     }
 

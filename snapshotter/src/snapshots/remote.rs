@@ -218,7 +218,7 @@ pub trait RemoteLayers: Send + Sync {
     }
 }
 
-/// How much of a remote layer has been read from the registry.
+/// How much of a remote layer has been read from the registry, and by whom.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RemoteLayerStats {
     /// Compressed bytes fetched (on demand, prefetch and background).
@@ -227,6 +227,16 @@ pub struct RemoteLayerStats {
     pub requests: u64,
     /// Bytes of all the layer's files, uncompressed.
     pub file_bytes: u64,
+    /// The part of `bytes_fetched` that prefetch and background fetching brought in.
+    pub background_bytes: u64,
+    /// Uncompressed bytes the layer returned to readers (reads of passthrough opens bypass it).
+    pub bytes_read: u64,
+    /// Distinct chunks in the layer's TOC.
+    pub chunks_total: u64,
+    /// Of those, the chunks in the chunk cache now.
+    pub chunks_cached: u64,
+    /// Chunks fetched although the cache held them already when they arrived (goal: 0).
+    pub duplicate_fetches: u64,
 }
 
 #[cfg(test)]

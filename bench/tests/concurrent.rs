@@ -1,0 +1,118 @@
+//! `skiff-bench concurrent` as a user runs it: an eStargz image whose workload reads a 4 MiB file, one
+//! cold start then three at once on fresh skiffds (real registry, FUSE, runc); concurrent.csv has a row
+//! for each, and the three containers reading the same chunks fetched none of them twice.
+
+use std::process::Command;
+
+use anyhow::{ensure, Context};
+use skiff_tests::{
+    cargo_bin, convert_estargz, require, Containerd, ImageSpec, LayerSpec, Registry, RegistryAuth,
+};
+
+#[test]
+fn concurrent_starts_report_ratio_bytes_and_no_duplicate_fetches() -> anyhow::Result<()> {
+    require(&[
+        "root",
+        "/dev/fuse",
+        "docker-registry",
+        "skopeo",
+        "containerd",
+        "ctr",
+        "ctr-remote",
+        "runc",
+    ])?;
+    let registry = Registry::start(RegistryAuth::Anonymous)?;
+    let image = ImageSpec::new()
+        .busybox()
+        .layer(LayerSpec::new().generated_file("/data/blob.bin", 4 << 20, 5))
+        .cmd(&["/bin/sh"]);
+    registry.push(&image.build_layout()?, "bb:org")?;
+    {
+        let converter = Containerd::start()?;
+        convert_estargz(&converter, &registry.host(), "bb:org", "bb:esgz", None)?;
+    }
+    let dir = tempfile::tempdir()?;
+    let workloads = dir.path().join("workloads.toml");
+    std::fs::write(
+        &workloads,
+        "[[workload]]\nimage = \"bb\"\nvariants = [\"esgz\"]\n\
+         command = [\"/bin/sh\", \"-c\", \"cat /data/blob.bin > /dev/null && echo ready\"]\nready = \"^ready$\"\n",
+    )?;
+    let out = dir.path().join("out");
+    let output = Command::new(cargo_bin("skiff-bench")?)
+        .args([
+            "concurrent",
+            "--profile",
+            "none",
+            "--count",
+            "3",
+            "--runs",
+            "1",
+            "--image",
+            "bb:esgz",
+        ])
+        .arg("--workloads")
+        .arg(&workloads)
+        .arg("--registry-dir")
+        .arg(registry.storage_dir())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .context("run skiff-bench")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.success(),
+        "skiff-bench concurrent failed: {}\n{stdout}\n{stderr}",
+        output.status
+    );
+    ensure!(
+        stdout.contains("total ÷ single") && stdout.contains("duplicate chunk fetches"),
+        "no summary:\n{stdout}"
+    );
+
+    let mut reader = csv::Reader::from_path(out.join("concurrent.csv"))?;
+    let header: Vec<String> = reader.headers()?.iter().map(str::to_owned).collect();
+    for column in [
+        "image",
+        "profile",
+        "run",
+        "containers",
+        "total_s",
+        "registry_bytes",
+        "bytes_fetched",
+        "duplicate_fetches",
+        "ratio_to_single",
+    ] {
+        ensure!(
+            header.iter().any(|c| c == column),
+            "concurrent.csv lacks column {column}: {header:?}"
+        );
+    }
+    let column = |name: &str| header.iter().position(|c| c == name).expect("checked");
+    let rows: Vec<csv::StringRecord> = reader.records().collect::<Result<_, _>>()?;
+    ensure!(rows.len() == 2, "{} rows: {rows:?}", rows.len());
+    let containers: Vec<&str> = rows.iter().map(|r| &r[column("containers")]).collect();
+    ensure!(
+        containers == ["1", "3"],
+        "containers column: {containers:?}"
+    );
+    for row in &rows {
+        ensure!(&row[column("image")] == "bb:esgz", "{row:?}");
+        let number = |name: &str| -> anyhow::Result<f64> {
+            row[column(name)]
+                .parse()
+                .with_context(|| format!("{name} of {row:?}"))
+        };
+        // Every container read the whole 4 MiB file through the lazy layers.
+        ensure!(number("bytes_fetched")? > 4e6, "{row:?}");
+        ensure!(
+            number("registry_bytes")? >= number("bytes_fetched")?,
+            "{row:?}"
+        );
+        ensure!(number("total_s")? > 0.0, "{row:?}");
+        // Single-flight: three readers of the same chunks, each chunk fetched once.
+        ensure!(number("duplicate_fetches")? == 0.0, "duplicates: {row:?}");
+    }
+    Ok(())
+}
