@@ -110,8 +110,10 @@ pub fn run(args: &ConcurrentArgs, runtime: &Handle) -> Result<()> {
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
 
+    super::watch_interrupts(runtime)?;
     let check = crate::link_check::check_profile(args.profile, 100, 100, runtime)?;
     println!("{}", check.report());
+    super::check_interrupted()?;
 
     let registry = Registry::serve_storage(&args.registry_dir)?;
     let upstream: SocketAddr = registry.host().parse()?;
@@ -120,6 +122,7 @@ pub fn run(args: &ConcurrentArgs, runtime: &Handle) -> Result<()> {
 
     let mut rows = Vec::new();
     for run in 1..=args.runs {
+        super::check_interrupted()?;
         let background_fetch = !args.no_background_fetch;
         let single = cold_start(&link, &reference, &workload, 1, run, background_fetch)
             .with_context(|| format!("{reference} run {run}: one container"))?;
