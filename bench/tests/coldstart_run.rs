@@ -42,6 +42,7 @@ fn run_writes_a_row_per_start_with_the_pinned_columns() -> anyhow::Result<()> {
     let out = dir.path().join("out");
     let output = Command::new(cargo_bin("skiff-bench")?)
         .args(["run", "--profile", "none", "--runs", "1", "--json"])
+        .args(["--modes", "overlayfs,skiff,skiff-containerd,skiff-ondemand"])
         .arg("--workloads")
         .arg(&workloads)
         .arg("--registry-dir")
@@ -73,6 +74,9 @@ fn run_writes_a_row_per_start_with_the_pinned_columns() -> anyhow::Result<()> {
         "run_s",
         "total_s",
         "registry_bytes",
+        "workload",
+        "ready_bytes",
+        "read_bytes",
     ] {
         ensure!(
             header.split(',').any(|c| c == column),
@@ -80,9 +84,9 @@ fn run_writes_a_row_per_start_with_the_pinned_columns() -> anyhow::Result<()> {
         );
     }
     let rows: Vec<&str> = lines.collect();
-    // 2 variants × 3 modes × (cold + warm).
-    ensure!(rows.len() == 12, "{} rows:\n{csv}", rows.len());
-    for mode in ["overlayfs", "skiff", "skiff-containerd"] {
+    // 2 variants × 4 modes × (cold + warm).
+    ensure!(rows.len() == 16, "{} rows:\n{csv}", rows.len());
+    for mode in ["overlayfs", "skiff", "skiff-containerd", "skiff-ondemand"] {
         for variant in ["org", "esgz"] {
             ensure!(
                 rows.iter()
@@ -95,7 +99,30 @@ fn run_writes_a_row_per_start_with_the_pinned_columns() -> anyhow::Result<()> {
     }
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("results.json"))?)?;
-    ensure!(json.as_array().map(Vec::len) == Some(12));
+    let json = json.as_array().context("results.json is no array")?;
+    ensure!(json.len() == 16);
+    // A lazy cold start without background fetching: what the workload read (the busybox binary, at
+    // least in part) and what the registry sent before the ready line, never more than in all.
+    let lazy = json
+        .iter()
+        .find(|r| {
+            r["mode"] == "skiff-ondemand" && r["variant"] == "esgz" && r["temperature"] == "cold"
+        })
+        .context("no skiff-ondemand esgz cold row")?;
+    let read = lazy["read_bytes"].as_u64().context("no read_bytes")?;
+    let ready = lazy["ready_bytes"].as_u64().context("no ready_bytes")?;
+    let all = lazy["registry_bytes"]
+        .as_u64()
+        .context("no registry_bytes")?;
+    ensure!(read > 0 && ready > 0 && ready <= all, "{lazy}");
+    ensure!(json
+        .iter()
+        .filter(|r| r["mode"] == "overlayfs")
+        .all(|r| r["read_bytes"].is_null()));
+    ensure!(
+        stdout.contains("registry bytes ÷ bytes read"),
+        "no lazy summary:\n{stdout}"
+    );
     let png = std::fs::read(out.join("chart.png"))?;
     ensure!(
         png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 2000,

@@ -138,6 +138,8 @@ mod tests {
         Row {
             workload: image.into(),
             ready_bytes: 0,
+            demand_bytes: None,
+            read_bytes: None,
             image: image.into(),
             variant: variant.into(),
             mode: mode.into(),

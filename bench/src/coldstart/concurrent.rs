@@ -270,12 +270,16 @@ fn start_together(
 pub struct ImageFetch {
     pub bytes_fetched: u64,
     pub duplicate_fetches: u64,
+    /// Part of `bytes_fetched` fetched ahead of readers (prefetch, background fetching).
+    pub background_bytes: u64,
+    /// Uncompressed bytes FUSE reads returned to the containers.
+    pub bytes_read: u64,
     /// Layers mounted lazily.
     pub lazy_layers: usize,
 }
 
 /// `skiff image info --json REF`, summed over the lazy layers.
-fn image_fetch(skiffd: &Skiffd, reference: &str) -> Result<ImageFetch> {
+pub(super) fn image_fetch(skiffd: &Skiffd, reference: &str) -> Result<ImageFetch> {
     let output = Command::new(cargo_bin("skiff")?)
         .arg("--address")
         .arg(skiffd.socket())
@@ -308,6 +312,8 @@ pub fn parse_image_fetch(json: &[u8]) -> Result<ImageFetch> {
         };
         sum.bytes_fetched += counter("bytes_fetched")?;
         sum.duplicate_fetches += counter("duplicate_fetches")?;
+        sum.background_bytes += counter("background_bytes")?;
+        sum.bytes_read += counter("bytes_read")?;
         sum.lazy_layers += 1;
     }
     Ok(sum)
@@ -392,14 +398,18 @@ mod tests {
     fn image_info_json_is_summed_over_lazy_layers() {
         let json = br#"{"layers": [
             {"digest": "sha256:a", "fetch": null},
-            {"digest": "sha256:b", "fetch": {"bytes_fetched": 10, "duplicate_fetches": 0}},
-            {"digest": "sha256:c", "fetch": {"bytes_fetched": 5, "duplicate_fetches": 2}}
+            {"digest": "sha256:b", "fetch": {"bytes_fetched": 10, "duplicate_fetches": 0,
+                                             "background_bytes": 4, "bytes_read": 30}},
+            {"digest": "sha256:c", "fetch": {"bytes_fetched": 5, "duplicate_fetches": 2,
+                                             "background_bytes": 0, "bytes_read": 7}}
         ]}"#;
         assert_eq!(
             parse_image_fetch(json).unwrap(),
             ImageFetch {
                 bytes_fetched: 15,
                 duplicate_fetches: 2,
+                background_bytes: 4,
+                bytes_read: 37,
                 lazy_layers: 2
             }
         );

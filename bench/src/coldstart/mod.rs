@@ -33,6 +33,18 @@ pub struct StartTimes {
     pub run: Duration,
     /// When the ready line was read.
     pub ready_at: Option<Instant>,
+    /// For a lazy start by skiffd, up to the ready line: bytes its lazy layers fetched for readers
+    /// (not ahead of them) and bytes the workload read through FUSE.
+    pub lazy: Option<LazyReads>,
+}
+
+/// What a lazily started workload read and what that cost, up to its ready line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LazyReads {
+    /// Compressed bytes fetched because a reader asked (prefetch and background fetching excluded).
+    pub demand_bytes: u64,
+    /// Uncompressed bytes the workload's reads returned.
+    pub read_bytes: u64,
 }
 
 impl StartTimes {

@@ -51,6 +51,7 @@ impl Mode for OverlayfsMode {
             create,
             run,
             ready_at: Some(ready_at),
+            lazy: None,
         })
     }
 }

@@ -9,8 +9,11 @@ use anyhow::{bail, Context, Result};
 use skiff_tests::{cargo_bin, Skiffd};
 use tempfile::TempDir;
 
+use super::concurrent::{image_fetch, ImageFetch};
 use super::ready::run_until_ready;
-use super::{drop_caches, fresh_skiffd, Mode, StartTimes, Temperature, Workload, READY_TIMEOUT};
+use super::{
+    drop_caches, fresh_skiffd, LazyReads, Mode, StartTimes, Temperature, Workload, READY_TIMEOUT,
+};
 
 /// skiffd + the skiff CLI.
 pub struct SkiffMode {
@@ -49,7 +52,11 @@ pub(super) fn skiff(skiffd: &Skiffd, args: &[&str]) -> Result<Duration> {
 
 impl Mode for SkiffMode {
     fn name(&self) -> &'static str {
-        "skiff"
+        if self.background_fetch {
+            "skiff"
+        } else {
+            "skiff-ondemand"
+        }
     }
 
     fn start(
@@ -65,6 +72,11 @@ impl Mode for SkiffMode {
             drop_caches()?;
         }
         let (skiffd, _) = self.daemon.as_ref().context("skiffd")?;
+        // The lazy layers' counters live as long as skiffd: a warm start counts from here.
+        let fetched_before = match temperature {
+            Temperature::Warm => image_fetch(skiffd, reference)?,
+            Temperature::Cold => ImageFetch::default(),
+        };
         let pull = skiff(skiffd, &["image", "pull", "--plain-http", reference])?;
         let mut create = vec!["container", "create", reference, id];
         create.extend(workload.command.iter().map(String::as_str));
@@ -77,10 +89,22 @@ impl Mode for SkiffMode {
             &workload.ready,
             READY_TIMEOUT,
         );
+        let fetched = outcome
+            .as_ref()
+            .ok()
+            .map(|_| image_fetch(skiffd, reference))
+            .transpose();
         // Whatever happened, the container goes (the image stays for a warm start): killed, then the
         // attached `task start` (which deletes the task once the process is gone) is waited for.
         let _ = skiff(skiffd, &["task", "kill", "-s", "KILL", id]);
         let mut ready = outcome?;
+        let lazy = fetched?
+            .filter(|fetched| fetched.lazy_layers > 0)
+            .map(|fetched| LazyReads {
+                demand_bytes: (fetched.bytes_fetched - fetched.background_bytes)
+                    .saturating_sub(fetched_before.bytes_fetched - fetched_before.background_bytes),
+                read_bytes: fetched.bytes_read.saturating_sub(fetched_before.bytes_read),
+            });
         let _ = ready.child.wait();
         let _ = skiff(skiffd, &["task", "rm", "-f", id]);
         skiff(skiffd, &["container", "rm", id])?;
@@ -89,6 +113,7 @@ impl Mode for SkiffMode {
             create,
             run: ready.elapsed,
             ready_at: Some(ready.at),
+            lazy,
         })
     }
 }

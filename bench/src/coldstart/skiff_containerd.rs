@@ -101,6 +101,7 @@ impl Mode for SkiffContainerdMode {
             create,
             run,
             ready_at: Some(ready_at),
+            lazy: None,
         })
     }
 }
