@@ -74,6 +74,9 @@ pub trait Mode {
         id: &str,
         temperature: Temperature,
     ) -> Result<StartTimes>;
+    /// Stops the daemons kept for a warm start, so that nothing they still do (a lazy layer's background
+    /// fetching) is counted in another mode's start.
+    fn stop(&mut self);
 }
 
 /// Longest a workload may take to print its ready line.

@@ -26,6 +26,10 @@ impl Mode for OverlayfsMode {
         "overlayfs"
     }
 
+    fn stop(&mut self) {
+        self.containerd = None;
+    }
+
     fn start(
         &mut self,
         reference: &str,

@@ -184,6 +184,7 @@ pub fn run(args: &RunArgs, runtime: &Handle) -> Result<()> {
                         rows.push(row);
                     }
                 }
+                mode.stop();
             }
         }
     }
@@ -288,15 +289,17 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
-/// Per lazily started workload variant and skiff mode (cold): median registry bytes before the ready
-/// line ÷ bytes the workload read through FUSE by then (issue 6's goal: ≤ 1.5). Only `skiff-ondemand`
+/// Per lazily started workload variant in `skiff-ondemand` mode (cold): median registry bytes before the
+/// ready line ÷ bytes the workload read through FUSE by then (issue 6's goal: ≤ 1.5). Only that mode
 /// gives a clean ratio: with background fetching on, the registry bytes include it, and files cached
-/// whole before they were opened (background fetching, prefetch) are read through FUSE passthrough,
-/// which skiffd does not see.
+/// whole before they were opened are read through FUSE passthrough, which skiffd does not see.
 pub fn lazy_reads(rows: &[Row]) -> String {
     use std::collections::BTreeMap;
     let mut groups: BTreeMap<(String, String, String), Vec<(u64, u64)>> = BTreeMap::new();
-    for row in rows.iter().filter(|r| r.temperature == "cold") {
+    for row in rows
+        .iter()
+        .filter(|r| r.temperature == "cold" && r.mode == "skiff-ondemand")
+    {
         if let Some(read) = row.read_bytes {
             let fetched = row.ready_bytes;
             groups
@@ -356,7 +359,7 @@ mod tests {
         let lazy = |fetched: u64, read: u64, temperature: &'static str| Row {
             ready_bytes: fetched,
             read_bytes: Some(read),
-            ..row("skiff", "esgz", temperature, 1.0, 0)
+            ..row("skiff-ondemand", "esgz", temperature, 1.0, 0)
         };
         let rows = [
             lazy(100, 100, "cold"),

@@ -59,6 +59,10 @@ impl Mode for SkiffMode {
         }
     }
 
+    fn stop(&mut self) {
+        self.daemon = None;
+    }
+
     fn start(
         &mut self,
         reference: &str,

@@ -59,6 +59,10 @@ impl Mode for SkiffContainerdMode {
         "skiff-containerd"
     }
 
+    fn stop(&mut self) {
+        self.daemons = None;
+    }
+
     fn start(
         &mut self,
         reference: &str,
