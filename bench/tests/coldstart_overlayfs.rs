@@ -7,24 +7,11 @@ use std::net::SocketAddr;
 use skiff_bench::coldstart::overlayfs::OverlayfsMode;
 use skiff_bench::coldstart::{workloads, Mode, Temperature};
 use skiff_bench::link::{Profile, ShapedLink};
-use skiff_tests::{require, ImageSpec, LayerSpec, Registry, RegistryAuth};
+mod common;
 
 #[test]
 fn cold_and_warm_starts_through_the_link() -> anyhow::Result<()> {
-    require(&[
-        "root",
-        "docker-registry",
-        "skopeo",
-        "containerd",
-        "ctr",
-        "runc",
-    ])?;
-    let registry = Registry::start(RegistryAuth::Anonymous)?;
-    let image = ImageSpec::new()
-        .busybox()
-        .layer(LayerSpec::new().generated_file("/data/blob.bin", 2 << 20, 5))
-        .cmd(&["/bin/sh"]);
-    registry.push(&image.build_layout()?, "bb:org")?;
+    let registry = common::busybox_registry("/data/blob.bin", 2 << 20, 5, false)?;
     let workload = workloads::parse(
         r#"
 [[workload]]

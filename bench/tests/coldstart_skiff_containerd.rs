@@ -9,9 +9,7 @@ use skiff_bench::coldstart::skiff::SkiffMode;
 use skiff_bench::coldstart::skiff_containerd::SkiffContainerdMode;
 use skiff_bench::coldstart::{workloads, Mode, Temperature};
 use skiff_bench::link::{Profile, ShapedLink};
-use skiff_tests::{
-    convert_estargz, require, Containerd, ImageSpec, LayerSpec, Registry, RegistryAuth,
-};
+mod common;
 
 const UNREAD: usize = 16 << 20;
 
@@ -26,26 +24,7 @@ fn a_lazy_cold_start_with_skiff_alone() -> anyhow::Result<()> {
 }
 
 fn lazy_cold_and_warm_start(mode: &mut dyn Mode) -> anyhow::Result<()> {
-    require(&[
-        "root",
-        "/dev/fuse",
-        "docker-registry",
-        "skopeo",
-        "containerd",
-        "ctr",
-        "ctr-remote",
-        "runc",
-    ])?;
-    let registry = Registry::start(RegistryAuth::Anonymous)?;
-    let image = ImageSpec::new()
-        .busybox()
-        .layer(LayerSpec::new().generated_file("/data/unread.bin", UNREAD, 9))
-        .cmd(&["/bin/sh"]);
-    registry.push(&image.build_layout()?, "bb:org")?;
-    {
-        let converter = Containerd::start()?;
-        convert_estargz(&converter, &registry.host(), "bb:org", "bb:esgz", None)?;
-    }
+    let registry = common::busybox_registry("/data/unread.bin", UNREAD, 9, true)?;
     let workload = workloads::parse(
         r#"
 [[workload]]

@@ -5,32 +5,13 @@
 use std::process::Command;
 
 use anyhow::{ensure, Context};
-use skiff_tests::{
-    cargo_bin, convert_estargz, require, Containerd, ImageSpec, LayerSpec, Registry, RegistryAuth,
-};
+use skiff_tests::cargo_bin;
+
+mod common;
 
 #[test]
 fn concurrent_starts_report_ratio_bytes_and_no_duplicate_fetches() -> anyhow::Result<()> {
-    require(&[
-        "root",
-        "/dev/fuse",
-        "docker-registry",
-        "skopeo",
-        "containerd",
-        "ctr",
-        "ctr-remote",
-        "runc",
-    ])?;
-    let registry = Registry::start(RegistryAuth::Anonymous)?;
-    let image = ImageSpec::new()
-        .busybox()
-        .layer(LayerSpec::new().generated_file("/data/blob.bin", 4 << 20, 5))
-        .cmd(&["/bin/sh"]);
-    registry.push(&image.build_layout()?, "bb:org")?;
-    {
-        let converter = Containerd::start()?;
-        convert_estargz(&converter, &registry.host(), "bb:org", "bb:esgz", None)?;
-    }
+    let registry = common::busybox_registry("/data/blob.bin", 4 << 20, 5, true)?;
     let dir = tempfile::tempdir()?;
     let workloads = dir.path().join("workloads.toml");
     std::fs::write(

@@ -6,7 +6,6 @@
 //! lazy layers fetched (`skiff image info --json`: `bytes_fetched`, and `duplicate_fetches`, the
 //! chunks fetched although already cached, whose goal is 0) in `concurrent.csv`.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Barrier};
@@ -15,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
-use skiff_tests::{cargo_bin, Registry, Skiffd};
+use skiff_tests::{cargo_bin, Skiffd};
 use tokio::runtime::Handle;
 
 use super::ready::run_until_ready;
@@ -102,22 +101,8 @@ pub fn run(args: &ConcurrentArgs, runtime: &Handle) -> Result<()> {
     let workloads = workloads::load(&args.workloads)?;
     let (image, workload) = pick(&workloads, args.image.as_deref())?;
     // Before the link check, which takes a while.
-    if !args.registry_dir.is_dir() {
-        bail!(
-            "registry storage {} is not a directory (fill it with `skiff-bench corpus push --registry-dir DIR`)",
-            args.registry_dir.display()
-        );
-    }
-    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
-
-    super::watch_interrupts(runtime)?;
-    let check = crate::link_check::check_profile(args.profile, 100, 100, runtime)?;
-    println!("{}", check.report());
-    super::check_interrupted()?;
-
-    let registry = Registry::serve_storage(&args.registry_dir)?;
-    let upstream: SocketAddr = registry.host().parse()?;
-    let link = runtime.block_on(ShapedLink::start(upstream, args.profile))?;
+    let (_registry, link) =
+        super::serve_behind_link(&args.registry_dir, &args.out, args.profile, runtime)?;
     let reference = format!("{}/{image}", link.addr());
 
     let mut rows = Vec::new();

@@ -192,3 +192,30 @@ pub fn check_interrupted() -> Result<()> {
     }
     Ok(())
 }
+
+/// What `run` and `concurrent` start with: `out` created, interrupts watched, the profile's link checked
+/// and reported, then a docker-registry over `registry_dir` behind a shaped link.
+pub fn serve_behind_link(
+    registry_dir: &std::path::Path,
+    out: &std::path::Path,
+    profile: crate::link::Profile,
+    runtime: &Handle,
+) -> Result<(skiff_tests::Registry, crate::link::ShapedLink)> {
+    use anyhow::Context;
+    // Before the link check, which takes a while.
+    if !registry_dir.is_dir() {
+        bail!(
+            "registry storage {} is not a directory (fill it with `skiff-bench corpus push --registry-dir DIR`)",
+            registry_dir.display()
+        );
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    watch_interrupts(runtime)?;
+    let check = crate::link_check::check_profile(profile, 100, 100, runtime)?;
+    println!("{}", check.report());
+    check_interrupted()?;
+    let registry = skiff_tests::Registry::serve_storage(registry_dir)?;
+    let upstream: std::net::SocketAddr = registry.host().parse()?;
+    let link = runtime.block_on(crate::link::ShapedLink::start(upstream, profile))?;
+    Ok((registry, link))
+}

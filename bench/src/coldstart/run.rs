@@ -2,20 +2,18 @@
 //! front of a docker-registry serving `--registry-dir`; a table on stdout, `results.csv` (and with
 //! `--json`, `results.json`) and `chart.png` in `--out`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
-use skiff_tests::Registry;
 use tokio::runtime::Handle;
 
 use super::overlayfs::OverlayfsMode;
 use super::skiff::SkiffMode;
 use super::skiff_containerd::SkiffContainerdMode;
 use super::{workloads, Mode, Temperature};
-use crate::link::{Profile, ShapedLink};
+use crate::link::Profile;
 
 /// The modes `--modes` may name (the default is the first three). `skiff-ondemand` is `skiff` with
 /// skiffd's background fetching off: its registry bytes are what the workload's reads needed.
@@ -102,16 +100,8 @@ pub fn run(args: &RunArgs, runtime: &Handle) -> Result<()> {
         .iter()
         .map(|m| make_mode(m))
         .collect::<Result<Vec<_>>>()?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
-
-    super::watch_interrupts(runtime)?;
-    let check = crate::link_check::check_profile(args.profile, 100, 100, runtime)?;
-    println!("{}", check.report());
-    super::check_interrupted()?;
-
-    let registry = Registry::serve_storage(&args.registry_dir)?;
-    let upstream: SocketAddr = registry.host().parse()?;
-    let link = runtime.block_on(ShapedLink::start(upstream, args.profile))?;
+    let (_registry, link) =
+        super::serve_behind_link(&args.registry_dir, &args.out, args.profile, runtime)?;
     let starts: usize =
         workloads.iter().map(|w| w.variants.len()).sum::<usize>() * modes.len() * args.runs * 2;
     let progress = indicatif::ProgressBar::new(starts as u64).with_style(
