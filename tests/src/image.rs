@@ -654,10 +654,30 @@ impl Platform {
     }
 }
 
+/// A layer blob already written to a file (e.g. a tar of a directory tree, compressed while it was
+/// written), added to an image as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerBlobFile {
+    pub path: PathBuf,
+    /// `sha256:HEX` of the file.
+    pub digest: String,
+    /// `sha256:HEX` of the uncompressed tar.
+    pub diff_id: String,
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// One layer of an `ImageSpec`: built from entries, or a blob file made elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageLayer {
+    Spec(LayerSpec),
+    BlobFile(LayerBlobFile),
+}
+
 /// An image: layers (bottom first), platform and runtime config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSpec {
-    layers: Vec<LayerSpec>,
+    layers: Vec<ImageLayer>,
     platform: Platform,
     cmd: Vec<String>,
     entrypoint: Vec<String>,
@@ -690,14 +710,20 @@ impl ImageSpec {
 
     /// Adds a layer on top.
     pub fn layer(mut self, layer: LayerSpec) -> Self {
-        self.layers.push(layer);
+        self.layers.push(ImageLayer::Spec(layer));
+        self
+    }
+
+    /// Adds a prebuilt layer blob on top; its file is copied (or hard-linked) into the layout.
+    pub fn blob_layer(mut self, blob: LayerBlobFile) -> Self {
+        self.layers.push(ImageLayer::BlobFile(blob));
         self
     }
 
     /// Adds `LayerSpec::busybox()` on top (usually as the first layer) and `/bin/sh` as Cmd if
     /// none is set.
     pub fn busybox(mut self) -> Self {
-        self.layers.push(LayerSpec::busybox());
+        self.layers.push(ImageLayer::Spec(LayerSpec::busybox()));
         if self.cmd.is_empty() {
             self.cmd = vec!["/bin/sh".into()];
         }
@@ -740,7 +766,7 @@ impl ImageSpec {
         self
     }
 
-    pub fn layers(&self) -> &[LayerSpec] {
+    pub fn layers(&self) -> &[ImageLayer] {
         &self.layers
     }
 
@@ -779,13 +805,26 @@ impl ImageSpec {
     fn write_blobs(&self, dir: &Path) -> Result<BuiltImage> {
         let mut layers = Vec::new();
         for layer in &self.layers {
-            let built = layer.build()?;
-            let digest = write_blob(dir, &built.blob)?;
-            layers.push(BuiltLayer {
-                digest,
-                diff_id: built.diff_id,
-                size: built.blob.len() as u64,
-                media_type: built.media_type,
+            layers.push(match layer {
+                ImageLayer::Spec(spec) => {
+                    let built = spec.build()?;
+                    let digest = write_blob(dir, &built.blob)?;
+                    BuiltLayer {
+                        digest,
+                        diff_id: built.diff_id,
+                        size: built.blob.len() as u64,
+                        media_type: built.media_type,
+                    }
+                }
+                ImageLayer::BlobFile(blob) => {
+                    write_blob_file(dir, blob)?;
+                    BuiltLayer {
+                        digest: blob.digest.clone(),
+                        diff_id: blob.diff_id.clone(),
+                        size: blob.size,
+                        media_type: blob.media_type.clone(),
+                    }
+                }
             });
         }
         let mut container_config = json!({"Env": self.env});
@@ -1027,6 +1066,30 @@ fn write_blob(dir: &Path, bytes: &[u8]) -> Result<String> {
     Ok(digest)
 }
 
+/// Puts `blob`'s file into the layout under its digest: a hard link when both are on one
+/// filesystem, else a copy. The file's size must match (its digest is the caller's word).
+fn write_blob_file(dir: &Path, blob: &LayerBlobFile) -> Result<()> {
+    let len = std::fs::metadata(&blob.path)
+        .with_context(|| format!("layer blob {}", blob.path.display()))?
+        .len();
+    if len != blob.size {
+        bail!(
+            "layer blob {} is {len} bytes, not the {} its descriptor says",
+            blob.path.display(),
+            blob.size
+        );
+    }
+    let path = blob_path(dir, &blob.digest);
+    if path.exists() {
+        return Ok(());
+    }
+    if std::fs::hard_link(&blob.path, &path).is_err() {
+        std::fs::copy(&blob.path, &path)
+            .with_context(|| format!("copy {} to {}", blob.path.display(), path.display()))?;
+    }
+    Ok(())
+}
+
 fn add_to_index(dir: &Path, tag: &str, media_type: &str, digest: &str, size: usize) -> Result<()> {
     let path = dir.join("index.json");
     let mut index: Value = serde_json::from_slice(&std::fs::read(&path)?)
@@ -1148,5 +1211,40 @@ mod tests {
                 .unwrap();
         assert_eq!(index["manifests"][0]["digest"], json!(layout.digest()));
         assert!(layout.blob_path(&image.config_digest).exists());
+    }
+
+    #[test]
+    fn blob_file_layers_go_into_the_layout_as_they_are() {
+        let built = LayerSpec::new().file("/prebuilt", "p").build().unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let path = scratch.path().join("layer.tar.gz");
+        std::fs::write(&path, &built.blob).unwrap();
+        let blob = LayerBlobFile {
+            path: path.clone(),
+            digest: sha256_digest(&built.blob),
+            diff_id: built.diff_id.clone(),
+            size: built.blob.len() as u64,
+            media_type: built.media_type.clone(),
+        };
+        let layout = ImageSpec::new()
+            .blob_layer(blob.clone())
+            .layer(LayerSpec::new().file("/top", "t"))
+            .build_layout()
+            .unwrap();
+        let image = &layout.images()[0];
+        assert_eq!(image.layers[0].digest, blob.digest);
+        assert_eq!(image.layers[0].diff_id, blob.diff_id);
+        assert_eq!(
+            std::fs::read(layout.blob_path(&blob.digest)).unwrap(),
+            built.blob
+        );
+        let config: Value = serde_json::from_slice(&image.config).unwrap();
+        assert_eq!(config["rootfs"]["diff_ids"][0], json!(built.diff_id));
+
+        let wrong_size = LayerBlobFile { size: 1, ..blob };
+        let Err(err) = ImageSpec::new().blob_layer(wrong_size).build_layout() else {
+            panic!("a blob file of the wrong size was accepted");
+        };
+        assert!(err.to_string().contains("not the 1"), "{err}");
     }
 }

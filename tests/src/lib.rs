@@ -33,8 +33,8 @@ pub use fault_proxy::{Fault, FaultProxy, ProxiedRequest};
 pub use http_client::{http_get, http_request, HttpResponse};
 pub use image::{
     every_entry_type_layers, generated_bytes, sha256_digest, BuiltImage, BuiltLayer, Entry,
-    EntryKind, FileContents, ImageSpec, LayerCompression, LayerSpec, MultiPlatformSpec, OciLayout,
-    Platform,
+    EntryKind, FileContents, ImageLayer, ImageSpec, LayerBlobFile, LayerCompression, LayerSpec,
+    MultiPlatformSpec, OciLayout, Platform,
 };
 pub use lazy_setup::{lazy_mounts_under, write_lazy_skiffd_config, write_skiffd_config, LazyMount};
 pub use mounts::{mounts_under, unmount_all_under};

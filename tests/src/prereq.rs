@@ -24,6 +24,8 @@ const KNOWN: &[(&str, &str)] = &[
     ("ip", "apt-get install iproute2"),
     ("tc", "apt-get install iproute2"),
     ("python3", "apt-get install python3"),
+    ("debootstrap", "apt-get install debootstrap"),
+    ("chroot", "apt-get install coreutils"),
     (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
         "apt-get install fonts-dejavu-core",
