@@ -7,6 +7,8 @@
 //! large image whose start needs little of it). The Debian-based images (python3, numpy/pandas, built with
 //! debootstrap from the machine's apt sources) are not built yet.
 
+pub mod dir_layer;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
