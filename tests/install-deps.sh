@@ -8,8 +8,8 @@ packages=(
   # the real test bed
   docker-registry apache2-utils containerd runc crun fuse3 skopeo umoci busybox-static stargz-snapshotter
   iproute2 ca-certificates
-  # skiff-bench: the chart font
-  fonts-dejavu-core
+  # skiff-bench: the chart font; debootstrap for the Debian-based corpus images
+  fonts-dejavu-core debootstrap
   # containerd's snapshotter conformance suite (../shared/snapshotter-testsuite), built from Go sources
   golang-go golang-github-containerd-containerd-dev
 )

@@ -3,14 +3,23 @@
 //! (eStargz optimized for the workload, `ctr-remote image optimize`, which runs the workload's command in
 //! a throwaway containerd to record what it reads).
 //!
-//! Built so far: `busybox` (busybox-static with a 64 MiB file the workload never reads, the shape of a
-//! large image whose start needs little of it). The Debian-based images (python3, numpy/pandas, built with
-//! debootstrap from the machine's apt sources) are not built yet.
+//! The corpus ([`images`]):
+//! - `busybox`: busybox-static with a 64 MiB file the workload never reads, the shape of a large image
+//!   whose start needs little of it (built with the test kit's `ImageSpec`);
+//! - `python3`: a Debian minbase root filesystem (`debootstrap` from the machine's own apt sources, of the
+//!   host's release) and a layer with `apt-get install python3`;
+//! - `numpy`: the `python3` image's layers and a layer with `python3-numpy python3-pandas`.
+//!
+//! The Debian layers are built by [`debian`] (chroot installs on overlayfs, each upper directory a layer,
+//! written by [`dir_layer`]) and cached with the downloads under `--cache`, so a rebuild only writes the
+//! layouts.
 
+pub mod debian;
 pub mod dir_layer;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -19,16 +28,36 @@ use skiff_tests::{
 };
 
 use crate::coldstart::workloads;
+use debian::DebianBuilder;
+
+/// Where downloads and built layers are kept between builds.
+pub const DEFAULT_CACHE: &str = "/var/cache/skiff-bench";
 
 #[derive(Debug, Subcommand)]
 pub enum CorpusCommand {
     /// Build the corpus images as OCI layouts (tag `org`) under DIR/NAME.
-    Build {
-        #[arg(long, default_value = "bench-corpus")]
-        out: PathBuf,
-    },
+    Build(BuildArgs),
     /// Push the corpus (built with `build`, or built now) as NAME:org, NAME:esgz and NAME:esgzopt.
     Push(PushArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[arg(long, default_value = "bench-corpus")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub selection: Selection,
+}
+
+/// Which images, and where their downloads and layers are cached.
+#[derive(Debug, Args)]
+pub struct Selection {
+    /// Downloads (debootstrap's and apt's) and built Debian layers, reused by later builds.
+    #[arg(long, default_value = DEFAULT_CACHE)]
+    pub cache: PathBuf,
+    /// Only these corpus images (comma-separated; default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub images: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -50,50 +79,157 @@ pub struct PushArgs {
     /// The workloads whose commands optimize the esgzopt variants.
     #[arg(long, default_value = "bench/workloads.toml")]
     pub workloads: PathBuf,
+    #[command(flatten)]
+    pub selection: Selection,
 }
 
-/// The corpus: image name (a repository of the benchmark registry) and how to build it.
-pub fn images() -> Vec<(&'static str, ImageSpec)> {
-    vec![(
-        "busybox",
-        ImageSpec::new()
-            .busybox()
-            .layer(
-                LayerSpec::new()
-                    .generated_file("data/unread.bin", 64 << 20, 17)
-                    .file("etc/motd", "skiff benchmark\n"),
-            )
-            .cmd(&["/bin/sh", "-c", "echo ready"]),
-    )]
+/// How a corpus image is made.
+#[derive(Debug, Clone)]
+pub enum Recipe {
+    /// Declared entry by entry with the test kit.
+    Kit(Box<ImageSpec>),
+    /// A Debian minbase root filesystem, then one layer per group of packages (apt, no recommends).
+    Debian {
+        package_groups: &'static [&'static [&'static str]],
+        cmd: &'static [&'static str],
+    },
+}
+
+/// One image of the corpus: its repository name in the benchmark registry and its recipe.
+#[derive(Debug, Clone)]
+pub struct CorpusImage {
+    pub name: &'static str,
+    pub recipe: Recipe,
+    /// Seconds `ctr-remote image optimize` watches the workload's file accesses.
+    pub optimize_period_secs: u32,
+}
+
+/// The corpus, smallest first.
+pub fn images() -> Vec<CorpusImage> {
+    vec![
+        CorpusImage {
+            name: "busybox",
+            recipe: Recipe::Kit(Box::new(
+                ImageSpec::new()
+                    .busybox()
+                    .layer(
+                        LayerSpec::new()
+                            .generated_file("data/unread.bin", 64 << 20, 17)
+                            .file("etc/motd", "skiff benchmark\n"),
+                    )
+                    .cmd(&["/bin/sh", "-c", "echo ready"]),
+            )),
+            optimize_period_secs: 3,
+        },
+        CorpusImage {
+            name: "python3",
+            recipe: Recipe::Debian {
+                package_groups: &[&["python3"]],
+                cmd: &["python3"],
+            },
+            optimize_period_secs: 10,
+        },
+        CorpusImage {
+            name: "numpy",
+            recipe: Recipe::Debian {
+                package_groups: &[&["python3"], &["python3-numpy", "python3-pandas"]],
+                cmd: &["python3"],
+            },
+            optimize_period_secs: 15,
+        },
+    ]
+}
+
+/// The corpus images `names` selects (all when empty); an unknown name is an error listing the known.
+pub fn select(names: &[String]) -> Result<Vec<CorpusImage>> {
+    let all = images();
+    if names.is_empty() {
+        return Ok(all);
+    }
+    names
+        .iter()
+        .map(|name| {
+            all.iter()
+                .find(|image| image.name == name)
+                .cloned()
+                .with_context(|| {
+                    let known: Vec<&str> = all.iter().map(|i| i.name).collect();
+                    format!("no corpus image {name:?} (known: {})", known.join(", "))
+                })
+        })
+        .collect()
 }
 
 pub fn run(command: &CorpusCommand) -> Result<()> {
     match command {
-        CorpusCommand::Build { out } => {
-            build(out)?;
+        CorpusCommand::Build(args) => {
+            build(&args.out, &args.selection)?;
             Ok(())
         }
         CorpusCommand::Push(args) => push(args),
     }
 }
 
-/// Writes each image's OCI layout to `out/NAME` (tag `org`); returns the names.
-pub fn build(out: &Path) -> Result<Vec<&'static str>> {
-    require(&["busybox"])?;
-    let mut names = Vec::new();
-    for (name, spec) in images() {
-        let dir = out.join(name);
-        let image = spec
-            .write_layout(&dir, "org")
-            .with_context(|| format!("build corpus image {name}"))?;
-        println!(
-            "built {name}:org {} in {}",
-            image.manifest_digest,
-            dir.display()
-        );
-        names.push(name);
+/// Writes each selected image's OCI layout to `out/NAME` (tag `org`); returns the images.
+pub fn build(out: &Path, selection: &Selection) -> Result<Vec<CorpusImage>> {
+    let images = select(&selection.images)?;
+    let mut needs = Vec::new();
+    for image in &images {
+        match image.recipe {
+            Recipe::Kit(_) => needs.push("busybox"),
+            Recipe::Debian { .. } => needs.extend(["root", "debootstrap", "chroot", "overlayfs"]),
+        }
     }
-    Ok(names)
+    needs.dedup();
+    require(&needs)?;
+    let mut debian = None;
+    for image in &images {
+        let started = Instant::now();
+        let dir = out.join(image.name);
+        let spec = match &image.recipe {
+            Recipe::Kit(spec) => (**spec).clone(),
+            Recipe::Debian {
+                package_groups,
+                cmd,
+            } => {
+                if debian.is_none() {
+                    debian = Some(DebianBuilder::new(&selection.cache)?);
+                }
+                let builder = debian.as_ref().expect("just set");
+                println!(
+                    "{}: Debian {} from the host's apt source",
+                    image.name,
+                    builder.source().suite
+                );
+                let steps = builder
+                    .steps(package_groups)
+                    .with_context(|| format!("build the layers of {}", image.name))?;
+                let mut spec = ImageSpec::new().env("LANG=C.UTF-8").cmd(cmd);
+                for step in steps {
+                    spec = spec.blob_layer(step.layer);
+                }
+                spec
+            }
+        };
+        if dir.exists() {
+            // A fresh layout: blobs of an older build must not linger in it.
+            std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+        }
+        let built = spec
+            .write_layout(&dir, "org")
+            .with_context(|| format!("build corpus image {}", image.name))?;
+        let size: u64 = built.layers.iter().map(|l| l.size).sum();
+        println!(
+            "built {}:org {} in {}: {} layers, {:.1} MB compressed, {:.1} s",
+            image.name,
+            built.manifest_digest,
+            dir.display(),
+            built.layers.len(),
+            size as f64 / 1e6,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(images)
 }
 
 fn push(args: &PushArgs) -> Result<()> {
@@ -110,17 +246,29 @@ fn push(args: &PushArgs) -> Result<()> {
     };
     let workloads = workloads::load(&args.workloads)?;
     let built;
-    let from = match &args.from {
-        Some(from) => from.clone(),
+    let (from, images) = match &args.from {
+        Some(from) => (from.clone(), select(&args.selection.images)?),
         None => {
             built = tempfile::tempdir()?;
-            build(built.path())?;
-            built.path().to_path_buf()
+            let images = build(built.path(), &args.selection)?;
+            (built.path().to_path_buf(), images)
         }
     };
+    for image in &images {
+        let layout = from.join(image.name);
+        if !layout.join("index.json").is_file() {
+            bail!(
+                "{} is not an OCI layout: build it first (skiff-bench corpus build --out {})",
+                layout.display(),
+                from.display()
+            );
+        }
+    }
     let converter = Containerd::start()?;
-    for (name, _) in images() {
+    for image in &images {
+        let name = image.name;
         let layout = from.join(name);
+        let started = Instant::now();
         let status = Command::new("skopeo")
             .args(["copy", "--dest-tls-verify=false", "--preserve-digests"])
             .arg(format!("oci:{}:org", layout.display()))
@@ -147,12 +295,44 @@ fn push(args: &PushArgs) -> Result<()> {
                     &format!("{name}:org"),
                     &format!("{name}:esgzopt"),
                     &workload.command,
-                    3,
-                )?;
+                    image.optimize_period_secs,
+                )
+                .with_context(|| format!("optimize {name} for {:?}", workload.command.join(" ")))?;
                 println!("pushed {host}/{name}:esgzopt {optimized}");
             }
             None => println!("no workload names {name}: no esgzopt variant"),
         }
+        println!("{name}: pushed in {:.1} s", started.elapsed().as_secs_f64());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corpus_names_match_the_default_workloads() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/workloads.toml"))
+            .unwrap();
+        let workloads = workloads::parse(&text).unwrap();
+        let names: Vec<&str> = images().iter().map(|i| i.name).collect();
+        for workload in &workloads {
+            assert!(
+                names.contains(&workload.image.as_str()),
+                "{}",
+                workload.image
+            );
+        }
+    }
+
+    #[test]
+    fn selects_by_name_and_names_the_unknown() {
+        let picked = select(&["numpy".to_string()]).unwrap();
+        assert_eq!(picked.len(), 1);
+        assert_eq!(picked[0].name, "numpy");
+        assert_eq!(select(&[]).unwrap().len(), images().len());
+        let err = select(&["nope".to_string()]).unwrap_err().to_string();
+        assert!(err.contains("nope") && err.contains("python3"), "{err}");
+    }
 }
