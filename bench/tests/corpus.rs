@@ -30,6 +30,8 @@ fn the_corpus_is_pushed_in_three_variants() -> anyhow::Result<()> {
     let output = Command::new(cargo_bin("skiff-bench")?)
         .args(["corpus", "push", "--registry-dir"])
         .arg(&storage)
+        // busybox only: the Debian images take minutes and the network to build (see README).
+        .args(["--images", "busybox"])
         .arg("--workloads")
         .arg(&workloads)
         .output()
