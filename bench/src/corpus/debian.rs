@@ -12,7 +12,9 @@
 //! - `layers/KEY/`: a finished step — `tree/` (its root filesystem or upper directory, the lower
 //!   directory of later steps), `layer.tar.gz` and `layer.json` (its digests). KEY hashes the step's
 //!   inputs (suite, mirror, architecture, packages, parent step), so a step is built once; a step that
-//!   failed half-way is left as `KEY.partial/` only until the next build removes it.
+//!   failed half-way is left as `KEY.partial/` (with its `debootstrap.log` / `apt.log`) until the next
+//!   build removes it;
+//! - `lock`: held by the build using the cache (a second build waits).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
@@ -20,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use nix::fcntl::{Flock, FlockArg};
 use nix::mount::{mount, MsFlags};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -207,6 +210,8 @@ pub struct DebianBuilder {
     cache: PathBuf,
     source: AptSource,
     architecture: String,
+    /// `CACHE/lock`, held while this builder lives: one build at a time per cache.
+    _lock: Flock<File>,
 }
 
 impl DebianBuilder {
@@ -230,10 +235,26 @@ impl DebianBuilder {
                 cache.display()
             );
         }
+        let lock_path = cache.join("lock");
+        let file =
+            File::create(&lock_path).with_context(|| format!("create {}", lock_path.display()))?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((file, nix::Error::EWOULDBLOCK)) => {
+                println!("waiting for another corpus build using {}", cache.display());
+                Flock::lock(file, FlockArg::LockExclusive)
+                    .map_err(|(_, e)| e)
+                    .with_context(|| format!("lock {}", lock_path.display()))?
+            }
+            Err((_, e)) => {
+                return Err(e).with_context(|| format!("lock {}", lock_path.display()));
+            }
+        };
         Ok(Self {
             cache,
             source,
             architecture: Platform::host().architecture,
+            _lock: lock,
         })
     }
 
