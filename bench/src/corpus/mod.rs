@@ -180,6 +180,7 @@ pub fn build(out: &Path, selection: &Selection) -> Result<Vec<CorpusImage>> {
             Recipe::Debian { .. } => needs.extend(["root", "debootstrap", "chroot", "overlayfs"]),
         }
     }
+    needs.sort_unstable();
     needs.dedup();
     require(&needs)?;
     let mut debian = None;
