@@ -708,9 +708,10 @@ impl LazyLayer {
         all.dedup_by_key(|c| c.digest);
         let mut batches: Vec<Vec<ChunkRef>> = Vec::new();
         let mut batch_bytes = 0;
+        let max_batch_bytes = config.max_request_bytes.min(background.max_request_bytes);
         for chunk in self.fetcher.missing(&all).into_iter().cloned() {
             let len = chunk.compressed.end - chunk.compressed.start;
-            if batch_bytes + len > config.max_request_bytes && !batches.is_empty() {
+            if batch_bytes + len > max_batch_bytes && !batches.is_empty() {
                 batch_bytes = 0;
                 batches.push(Vec::new());
             }

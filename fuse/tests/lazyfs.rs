@@ -1657,6 +1657,7 @@ async fn background_requests_respect_the_request_size_bound() {
         max_request_bytes,
         background: Some(BackgroundConfig {
             parallel_requests: 3,
+            ..BackgroundConfig::default()
         }),
         ..FetchConfig::default()
     });
@@ -1721,6 +1722,7 @@ async fn background_fetching_does_not_delay_readers() {
         max_readahead_bytes: 0,
         background: Some(BackgroundConfig {
             parallel_requests: 1,
+            ..BackgroundConfig::default()
         }),
         ..FetchConfig::default()
     });
@@ -1752,6 +1754,38 @@ async fn background_fetching_does_not_delay_readers() {
     background.abort();
 }
 
+/// Background fetching holds back until readers have left the network alone for `quiet_ms` (the mount
+/// counts as a wait): a starting container reads in bursts, and each background request on the link
+/// would delay its next read.
+#[tokio::test(flavor = "multi_thread")]
+async fn background_fetching_waits_for_readers_to_be_quiet() {
+    let items = many_items();
+    let config = with_fetch(FetchConfig {
+        max_readahead_bytes: 0,
+        background: Some(BackgroundConfig {
+            quiet_ms: 60_000,
+            ..BackgroundConfig::default()
+        }),
+        ..FetchConfig::default()
+    });
+    let fx = Fixture::estargz(&items, 1024, config).await;
+    let opened = fx.source.request_count();
+    let background = tokio::spawn(Arc::clone(&fx.layer).fetch_in_background());
+    assert_eq!(fx.read_all("d/f03").await, data_of(&items, "d/f03"));
+    let read = fx.source.request_count();
+    assert_eq!(read, opened + 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        fx.source.request_count(),
+        read,
+        "background fetching went while readers were not yet quiet"
+    );
+    assert!(!background.is_finished());
+    // A reader needing what the held-back work planned is not held back with it.
+    assert_eq!(fx.read_all("d/f09").await, data_of(&items, "d/f09"));
+    background.abort();
+}
+
 /// A reader that needs a chunk the background fetch has planned but not yet requested (it holds back
 /// while readers wait) must not wait forever: the reader's wait promotes the span. Reading every file in
 /// order while the background fetch runs ahead of the reader is how a workload hit this.
@@ -1764,6 +1798,7 @@ async fn a_reader_joining_a_held_back_background_span_is_not_stuck() {
         max_gap_bytes: 0,
         background: Some(BackgroundConfig {
             parallel_requests: 2,
+            ..BackgroundConfig::default()
         }),
         ..FetchConfig::default()
     });

@@ -138,6 +138,10 @@ pub struct LazySection {
     /// Range requests in flight for fetching the rest of each layer in the background; 0 turns
     /// background fetching off.
     pub background_parallel_requests: usize,
+    /// Background fetching waits until readers have not waited on the registry for this long (ms).
+    pub background_quiet_ms: u64,
+    /// Largest background Range request.
+    pub background_request_bytes: u64,
 }
 
 impl Default for LazySection {
@@ -151,6 +155,8 @@ impl Default for LazySection {
             max_readahead_bytes: 8 << 20,
             prefetch: true,
             background_parallel_requests: 2,
+            background_quiet_ms: 1000,
+            background_request_bytes: 512 << 10,
         }
     }
 }
@@ -169,6 +175,8 @@ impl LazySection {
                 prefetch: self.prefetch,
                 background: (self.background_parallel_requests != 0).then_some(BackgroundConfig {
                     parallel_requests: self.background_parallel_requests,
+                    quiet_ms: self.background_quiet_ms,
+                    max_request_bytes: self.background_request_bytes,
                 }),
             },
         }

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -61,6 +61,9 @@ pub struct ChunkFetcher {
     background_requests: Semaphore,
     /// Readers waiting on the network right now; background requests hold back while it is non-zero.
     waiting_readers: AtomicUsize,
+    /// When a reader last waited on the network, in nanoseconds since `created` (the mount counts).
+    last_wait_nanos: AtomicU64,
+    created: Instant,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -69,13 +72,23 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Counts a reader as waiting for as long as it lives.
-struct Waiting<'a>(&'a AtomicUsize);
+/// Counts a reader as waiting for as long as it lives, and notes when it stopped.
+struct Waiting<'a> {
+    readers: &'a AtomicUsize,
+    last_wait: &'a AtomicU64,
+    created: Instant,
+}
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.last_wait
+            .fetch_max(nanos_since(self.created), Ordering::AcqRel);
+        self.readers.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+fn nanos_since(start: Instant) -> u64 {
+    start.elapsed().as_nanos().min(u64::MAX as u128) as u64
 }
 
 impl ChunkFetcher {
@@ -100,6 +113,8 @@ impl ChunkFetcher {
             stats,
             inflight: Mutex::new(HashMap::new()),
             waiting_readers: AtomicUsize::new(0),
+            last_wait_nanos: AtomicU64::new(0),
+            created: Instant::now(),
         })
     }
 
@@ -188,7 +203,11 @@ impl ChunkFetcher {
         if !waits.is_empty() {
             let _waiting = (priority == Priority::Demand).then(|| {
                 self.waiting_readers.fetch_add(1, Ordering::AcqRel);
-                Waiting(&self.waiting_readers)
+                Waiting {
+                    readers: &self.waiting_readers,
+                    last_wait: &self.last_wait_nanos,
+                    created: self.created,
+                }
             });
             let started = Instant::now();
             for (i, fetch) in waits {
@@ -340,6 +359,18 @@ impl ChunkFetcher {
         if priority != Priority::Background {
             return demand().await;
         }
+        let quiet = Duration::from_millis(
+            self.config
+                .background
+                .as_ref()
+                .map_or(0, |background| background.quiet_ms),
+        );
+        // Nanoseconds readers still have to stay off the network before background work may go.
+        let quiet_left = || {
+            let since = nanos_since(self.created)
+                .saturating_sub(self.last_wait_nanos.load(Ordering::Acquire));
+            Duration::from_nanos((quiet.as_nanos() as u64).saturating_sub(since))
+        };
         let readers_wait = || self.waiting_readers.load(Ordering::Acquire) > 0;
         loop {
             if urgent.load(Ordering::Acquire) {
@@ -349,12 +380,18 @@ impl ChunkFetcher {
                 tokio::time::sleep(YIELD_POLL).await;
                 continue;
             }
+            let left = quiet_left();
+            if !left.is_zero() {
+                // Short naps: a reader joining this span makes it urgent meanwhile.
+                tokio::time::sleep(left.min(YIELD_POLL * 10)).await;
+                continue;
+            }
             let permit = self
                 .background_requests
                 .acquire()
                 .await
                 .map_err(|_| FetchError::Cancelled)?;
-            if !readers_wait() || urgent.load(Ordering::Acquire) {
+            if urgent.load(Ordering::Acquire) || (!readers_wait() && quiet_left().is_zero()) {
                 return Ok(permit);
             }
         }

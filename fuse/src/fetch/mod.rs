@@ -121,12 +121,21 @@ impl Default for FetchConfig {
 pub struct BackgroundConfig {
     /// Range requests in flight at once for background fetching.
     pub parallel_requests: usize,
+    /// Background requests start only after readers have not waited on the network for this long
+    /// (milliseconds; the mount counts as a wait): a starting workload reads in bursts, and a
+    /// background request on the link delays each of its reads.
+    pub quiet_ms: u64,
+    /// Largest background Range request: a reader's request queues behind at most
+    /// `parallel_requests` of these.
+    pub max_request_bytes: u64,
 }
 
 impl Default for BackgroundConfig {
     fn default() -> Self {
         BackgroundConfig {
             parallel_requests: 2,
+            quiet_ms: 1000,
+            max_request_bytes: 512 << 10,
         }
     }
 }
