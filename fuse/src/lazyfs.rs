@@ -184,6 +184,8 @@ pub struct LazyLayer {
     tree: FileTree,
     fetcher: Arc<ChunkFetcher>,
     sequential: Mutex<HashMap<Ino, Sequential>>,
+    /// Every distinct chunk of the layer in blob order (for neighbour fetches).
+    blob_order: Vec<ChunkRef>,
 }
 
 /// The kernel's 32-bit device encoding (`new_encode_dev`).
@@ -385,6 +387,12 @@ impl LazyLayer {
             config.fetch.clone(),
             stats,
         );
+        let mut blob_order: Vec<ChunkRef> = tree
+            .nodes()
+            .flat_map(|node| node.chunks.iter().cloned())
+            .collect();
+        blob_order.sort_by_key(|c| c.compressed.start);
+        blob_order.dedup_by_key(|c| c.compressed.start);
         Ok(Arc::new(LazyLayer {
             runtime: tokio::runtime::Handle::current(),
             descriptor: descriptor.clone(),
@@ -392,6 +400,7 @@ impl LazyLayer {
             tree,
             fetcher,
             sequential: Mutex::new(HashMap::new()),
+            blob_order,
         }))
     }
 
@@ -585,6 +594,9 @@ impl LazyLayer {
             return Ok(Bytes::new());
         }
         let readahead = self.readahead(node, start, end);
+        if let Some(neighbours) = self.neighbours(chunks) {
+            self.fetch_ahead(neighbours);
+        }
         let data = self
             .fetcher
             .get(chunks, Priority::Demand)
@@ -596,6 +608,36 @@ impl LazyLayer {
         let bytes = Self::assemble(chunks, &data, start, end);
         LayerStats::add(&self.stats().bytes_read, bytes.len() as u64);
         Ok(bytes)
+    }
+
+    /// If some of `chunks` must be fetched: the uncached chunks that follow the last of them in the blob,
+    /// up to `neighbour_bytes` of compressed bytes.
+    fn neighbours(&self, chunks: &[ChunkRef]) -> Option<Vec<ChunkRef>> {
+        let budget = self.fetcher.config().neighbour_bytes;
+        if budget == 0 {
+            return None;
+        }
+        let last = self.fetcher.missing(chunks).last()?.compressed.end;
+        let first = self
+            .blob_order
+            .partition_point(|c| c.compressed.start < last);
+        let mut taken = 0;
+        let following: Vec<ChunkRef> = self.blob_order[first..]
+            .iter()
+            .take_while(|c| {
+                let within = taken < budget;
+                taken += c.compressed.end - c.compressed.start;
+                within
+            })
+            .cloned()
+            .collect();
+        let missing: Vec<ChunkRef> = self
+            .fetcher
+            .missing(&following)
+            .into_iter()
+            .cloned()
+            .collect();
+        (!missing.is_empty()).then_some(missing)
     }
 
     /// Fetches readahead chunks without anyone waiting for them.

@@ -210,6 +210,7 @@ fn quiet() -> LayerConfig {
             prefetch: false,
             background: None,
             max_readahead_bytes: 0,
+            neighbour_bytes: 0,
             ..FetchConfig::default()
         },
     }
@@ -1490,6 +1491,7 @@ fn prefetch_only() -> LayerConfig {
         prefetch: true,
         background: None,
         max_readahead_bytes: 0,
+        neighbour_bytes: 0,
         ..FetchConfig::default()
     })
 }
@@ -1695,6 +1697,7 @@ async fn background_fetch_skips_what_readers_already_fetched() {
     let config = with_fetch(FetchConfig {
         background: Some(BackgroundConfig::default()),
         max_readahead_bytes: 0,
+        neighbour_bytes: 0,
         max_gap_bytes: 0,
         ..FetchConfig::default()
     });
@@ -1720,6 +1723,7 @@ async fn background_fetching_does_not_delay_readers() {
     let config = with_fetch(FetchConfig {
         max_request_bytes: 2048,
         max_readahead_bytes: 0,
+        neighbour_bytes: 0,
         background: Some(BackgroundConfig {
             parallel_requests: 1,
             ..BackgroundConfig::default()
@@ -1762,6 +1766,7 @@ async fn background_fetching_waits_for_readers_to_be_quiet() {
     let items = many_items();
     let config = with_fetch(FetchConfig {
         max_readahead_bytes: 0,
+        neighbour_bytes: 0,
         background: Some(BackgroundConfig {
             quiet_ms: 60_000,
             ..BackgroundConfig::default()
@@ -1795,6 +1800,7 @@ async fn a_reader_joining_a_held_back_background_span_is_not_stuck() {
     let config = with_fetch(FetchConfig {
         max_request_bytes: 2048,
         max_readahead_bytes: 0,
+        neighbour_bytes: 0,
         max_gap_bytes: 0,
         background: Some(BackgroundConfig {
             parallel_requests: 2,
@@ -1829,6 +1835,7 @@ async fn a_cancelled_reader_still_lands_its_chunk() {
     let items = many_items();
     let config = with_fetch(FetchConfig {
         max_readahead_bytes: 0,
+        neighbour_bytes: 0,
         prefetch: false,
         background: Some(BackgroundConfig::default()),
         ..FetchConfig::default()
@@ -1869,11 +1876,41 @@ async fn a_cancelled_reader_still_lands_its_chunk() {
 // 9. Readahead
 // ---------------------------------------------------------------------------------------------------
 
+/// A read that misses also fetches, unawaited, the chunks that follow it in the blob (up to
+/// `neighbour_bytes`): the next small file a starting program opens is often right there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_miss_fetches_its_neighbours_in_the_blob() {
+    let items = many_items();
+    let config = with_fetch(FetchConfig {
+        prefetch: false,
+        background: None,
+        max_readahead_bytes: 0,
+        neighbour_bytes: 4096,
+        ..FetchConfig::default()
+    });
+    let fx = Fixture::estargz(&items, 1024, config).await;
+    let next = fx.chunks("d/f04")[0].clone();
+    let far = fx.chunks("d/f09")[0].clone();
+    assert!(!fx.cached(&next));
+    assert_eq!(fx.read_all("d/f03").await, data_of(&items, "d/f03"));
+    eventually("the next file's first chunk to land", || fx.cached(&next)).await;
+    let requests = fx.source.request_count();
+    assert_eq!(fx.read_all("d/f04").await, data_of(&items, "d/f04")[..]);
+    // Beyond the budget nothing was fetched; a cache hit fetches no neighbours.
+    assert!(!fx.cached(&far));
+    let first_of_f04_was_enough = fx.source.request_count() - requests;
+    assert!(
+        first_of_f04_was_enough <= 2,
+        "{first_of_f04_was_enough} requests"
+    );
+}
+
 fn readahead_config(max_readahead_bytes: u64) -> LayerConfig {
     with_fetch(FetchConfig {
         prefetch: false,
         background: None,
         max_readahead_bytes,
+        neighbour_bytes: 0,
         ..FetchConfig::default()
     })
 }

@@ -133,6 +133,8 @@ pub struct LazySection {
     pub attempts: u32,
     /// Largest readahead after sequential reads.
     pub max_readahead_bytes: u64,
+    /// On a read miss, the following chunks of the blob fetched beside it (compressed bytes; 0 = off).
+    pub neighbour_bytes: u64,
     /// Fetch the prioritized files (before `.prefetch.landmark`) at mount.
     pub prefetch: bool,
     /// Range requests in flight for fetching the rest of each layer in the background; 0 turns
@@ -153,6 +155,7 @@ impl Default for LazySection {
             parallel_requests: 8,
             attempts: 3,
             max_readahead_bytes: 8 << 20,
+            neighbour_bytes: 128 << 10,
             prefetch: true,
             background_parallel_requests: 2,
             background_quiet_ms: 1000,
@@ -172,6 +175,7 @@ impl LazySection {
                 parallel_requests: self.parallel_requests,
                 attempts: self.attempts,
                 max_readahead_bytes: self.max_readahead_bytes,
+                neighbour_bytes: self.neighbour_bytes,
                 prefetch: self.prefetch,
                 background: (self.background_parallel_requests != 0).then_some(BackgroundConfig {
                     parallel_requests: self.background_parallel_requests,

@@ -96,6 +96,10 @@ pub struct FetchConfig {
     pub attempts: u32,
     /// Largest readahead after sequential reads, in bytes; it starts at one chunk and doubles.
     pub max_readahead_bytes: u64,
+    /// When a read misses, also fetch (beside it, unawaited) the chunks that follow it in the blob, up
+    /// to this many compressed bytes: a starting program reads many small files that lie near each
+    /// other in the layer, and each would otherwise cost a round trip.
+    pub neighbour_bytes: u64,
     /// Fetch the prioritized files (before `.prefetch.landmark`) at mount.
     pub prefetch: bool,
     /// Fetch the rest of the layer in the background after mount; `None` turns it off.
@@ -110,6 +114,7 @@ impl Default for FetchConfig {
             parallel_requests: 8,
             attempts: 3,
             max_readahead_bytes: 8 << 20,
+            neighbour_bytes: 128 << 10,
             prefetch: true,
             background: Some(BackgroundConfig::default()),
         }
