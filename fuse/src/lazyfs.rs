@@ -611,7 +611,7 @@ impl LazyLayer {
     }
 
     /// If some of `chunks` must be fetched: the uncached chunks that follow the last of them in the blob,
-    /// up to `neighbour_bytes` of compressed bytes.
+    /// as many whole chunks as fit in `neighbour_bytes` of compressed bytes.
     fn neighbours(&self, chunks: &[ChunkRef]) -> Option<Vec<ChunkRef>> {
         let budget = self.fetcher.config().neighbour_bytes;
         if budget == 0 {
@@ -625,9 +625,9 @@ impl LazyLayer {
         let following: Vec<ChunkRef> = self.blob_order[first..]
             .iter()
             .take_while(|c| {
-                let within = taken < budget;
+                // Whole chunks within the budget: one large chunk next door is not worth a wait.
                 taken += c.compressed.end - c.compressed.start;
-                within
+                taken <= budget
             })
             .cloned()
             .collect();
