@@ -782,14 +782,16 @@ async fn concurrent_readers_of_one_chunk_share_one_request() {
     assert_eq!(fx.store.stats().inserts, 1);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn fetcher_single_flight_and_merged_spans() {
-    // The fetcher on its own: neighbouring chunks asked together travel in one request; a second
-    // caller asking for an overlapping set while the first is in flight fetches only what is new.
-    let items = [Item::File("f", 0o644, pseudo_random(8 * 1024, 5))];
-    let blob = build_estargz(&items, 1024);
-    let source = CountingBlob::new("fetcher", blob.bytes.clone());
-    let (_dir, store) = new_store();
+/// The one file of [`one_file_layer`].
+fn one_file() -> [Item; 1] {
+    [Item::File("f", 0o644, pseudo_random(8 * 1024, 5))]
+}
+
+/// A layer of one 8 KiB file `f` in 1 KiB chunks (eStargz), opened with fetching quiet, over a fresh store.
+async fn one_file_layer(name: &str) -> (Arc<LazyLayer>, Arc<CountingBlob>, TempDir, ChunkStore) {
+    let blob = build_estargz(&one_file(), 1024);
+    let source = CountingBlob::new(name, blob.bytes.clone());
+    let (dir, store) = new_store();
     let layer = LazyLayer::open(
         source.clone(),
         &estargz_descriptor(&blob),
@@ -798,6 +800,14 @@ async fn fetcher_single_flight_and_merged_spans() {
     )
     .await
     .unwrap();
+    (layer, source, dir, store)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fetcher_single_flight_and_merged_spans() {
+    // The fetcher on its own: neighbouring chunks asked together travel in one request; a second
+    // caller asking for an overlapping set while the first is in flight fetches only what is new.
+    let (layer, source, _dir, store) = one_file_layer("fetcher").await;
     let chunks = layer
         .tree()
         .node(resolve(layer.tree(), "f").unwrap())
@@ -826,7 +836,7 @@ async fn fetcher_single_flight_and_merged_spans() {
     let second = fetcher.get(&chunks[2..], Priority::Demand).await.unwrap();
     let first = first.await.unwrap().unwrap();
 
-    let data = data_of(&items, "f");
+    let data = data_of(&one_file(), "f");
     let all: Vec<u8> = first
         .iter()
         .chain(&second[2..])
@@ -889,18 +899,7 @@ async fn concurrent_gets_of_the_same_chunks_fetch_each_once() {
 async fn a_chunk_cached_while_its_fetch_was_in_flight_is_a_duplicate_fetch() {
     // Two fetchers over one store (two layers with identical content) cannot share a fetch: the
     // chunks one of them brings in are already cached when its bytes land, and are counted.
-    let items = [Item::File("f", 0o644, pseudo_random(8 * 1024, 5))];
-    let blob = build_estargz(&items, 1024);
-    let source = CountingBlob::new("dup", blob.bytes.clone());
-    let (_dir, store) = new_store();
-    let layer = LazyLayer::open(
-        source.clone(),
-        &estargz_descriptor(&blob),
-        store.clone(),
-        &quiet(),
-    )
-    .await
-    .unwrap();
+    let (layer, source, _dir, store) = one_file_layer("dup").await;
     let chunks = all_chunks(&layer);
     assert_eq!(chunks.len(), 8);
     let fetcher = |stats: &Arc<LayerStats>| {
