@@ -79,6 +79,22 @@ pub trait Mode {
     fn stop(&mut self);
 }
 
+/// The daemons a start runs on: for a warm start those the last start left in `slot`; for a cold one
+/// (or when there are none) the old ones are dropped first (removing their state: every cached layer),
+/// fresh ones started, and the page cache dropped.
+pub fn daemons_for<T>(
+    slot: &mut Option<T>,
+    temperature: Temperature,
+    start: impl FnOnce() -> Result<T>,
+) -> Result<&T> {
+    if temperature == Temperature::Cold || slot.is_none() {
+        *slot = None;
+        *slot = Some(start()?);
+        drop_caches()?;
+    }
+    Ok(slot.as_ref().expect("daemons were just started"))
+}
+
 /// Longest a workload may take to print its ready line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(600);
 

@@ -4,10 +4,10 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use skiff_tests::Containerd;
 
-use super::{ctr_create_and_run, drop_caches, Mode, StartTimes, Temperature, Workload};
+use super::{ctr_create_and_run, daemons_for, Mode, StartTimes, Temperature, Workload};
 
 /// containerd + overlayfs; a cold start gets a new containerd.
 #[derive(Default)]
@@ -37,13 +37,7 @@ impl Mode for OverlayfsMode {
         id: &str,
         temperature: Temperature,
     ) -> Result<StartTimes> {
-        if temperature == Temperature::Cold || self.containerd.is_none() {
-            // Dropping the old one removes its root, and with it every cached layer.
-            self.containerd = None;
-            self.containerd = Some(Containerd::start()?);
-            drop_caches()?;
-        }
-        let containerd = self.containerd.as_ref().context("containerd")?;
+        let containerd = daemons_for(&mut self.containerd, temperature, Containerd::start)?;
         let started = Instant::now();
         containerd.ctr_ok(&["image", "pull", "--plain-http", reference])?;
         let pull = started.elapsed();

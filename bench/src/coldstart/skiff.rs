@@ -12,7 +12,7 @@ use tempfile::TempDir;
 use super::concurrent::{image_fetch, ImageFetch};
 use super::ready::run_until_ready;
 use super::{
-    drop_caches, fresh_skiffd, LazyReads, Mode, StartTimes, Temperature, Workload, READY_TIMEOUT,
+    daemons_for, fresh_skiffd, LazyReads, Mode, StartTimes, Temperature, Workload, READY_TIMEOUT,
 };
 
 /// skiffd + the skiff CLI.
@@ -70,12 +70,10 @@ impl Mode for SkiffMode {
         id: &str,
         temperature: Temperature,
     ) -> Result<StartTimes> {
-        if temperature == Temperature::Cold || self.daemon.is_none() {
-            self.daemon = None;
-            self.daemon = Some(fresh_skiffd(reference, self.background_fetch)?);
-            drop_caches()?;
-        }
-        let (skiffd, _) = self.daemon.as_ref().context("skiffd")?;
+        let background_fetch = self.background_fetch;
+        let (skiffd, _) = daemons_for(&mut self.daemon, temperature, || {
+            fresh_skiffd(reference, background_fetch)
+        })?;
         // The lazy layers' counters live as long as skiffd: a warm start counts from here.
         let fetched_before = match temperature {
             Temperature::Warm => image_fetch(skiffd, reference)?,

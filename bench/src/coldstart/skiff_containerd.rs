@@ -14,7 +14,7 @@ use skiff_tests::{cargo_bin, Containerd, ContainerdConfig, ProxyPlugin, Skiffd};
 use tempfile::TempDir;
 
 use super::{
-    ctr_create_and_run, drop_caches, fresh_skiffd, Mode, StartTimes, Temperature, Workload,
+    ctr_create_and_run, daemons_for, fresh_skiffd, Mode, StartTimes, Temperature, Workload,
 };
 
 /// The daemons of one cold start; dropped in order: containerd (its tasks and mounts) before skiffd.
@@ -39,19 +39,20 @@ impl SkiffContainerdMode {
             daemons: None,
         }
     }
+}
 
-    fn start_daemons(&self, reference: &str) -> Result<Daemons> {
-        let (skiffd, config) = fresh_skiffd(reference, self.background_fetch)?;
-        let containerd = Containerd::start_with(ContainerdConfig {
-            proxy_plugins: vec![ProxyPlugin::snapshotter("skiff", skiffd.socket())],
-            ..ContainerdConfig::default()
-        })?;
-        Ok(Daemons {
-            containerd,
-            skiffd,
-            _config: config,
-        })
-    }
+/// A fresh skiffd and a containerd that uses it as the `skiff` proxy snapshotter.
+fn start_daemons(reference: &str, background_fetch: bool) -> Result<Daemons> {
+    let (skiffd, config) = fresh_skiffd(reference, background_fetch)?;
+    let containerd = Containerd::start_with(ContainerdConfig {
+        proxy_plugins: vec![ProxyPlugin::snapshotter("skiff", skiffd.socket())],
+        ..ContainerdConfig::default()
+    })?;
+    Ok(Daemons {
+        containerd,
+        skiffd,
+        _config: config,
+    })
 }
 
 impl Mode for SkiffContainerdMode {
@@ -70,12 +71,10 @@ impl Mode for SkiffContainerdMode {
         id: &str,
         temperature: Temperature,
     ) -> Result<StartTimes> {
-        if temperature == Temperature::Cold || self.daemons.is_none() {
-            self.daemons = None;
-            self.daemons = Some(self.start_daemons(reference)?);
-            drop_caches()?;
-        }
-        let daemons = self.daemons.as_ref().context("daemons")?;
+        let background_fetch = self.background_fetch;
+        let daemons = daemons_for(&mut self.daemons, temperature, || {
+            start_daemons(reference, background_fetch)
+        })?;
         let containerd = &daemons.containerd;
 
         let started = Instant::now();
