@@ -72,18 +72,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Counts a reader as waiting for as long as it lives, and notes when it stopped.
-struct Waiting<'a> {
-    readers: &'a AtomicUsize,
-    last_wait: &'a AtomicU64,
-    created: Instant,
-}
+/// Counts a reader as waiting on the fetcher's network for as long as it lives, and notes when it
+/// stopped.
+struct Waiting<'a>(&'a ChunkFetcher);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.last_wait
-            .fetch_max(nanos_since(self.created), Ordering::AcqRel);
-        self.readers.fetch_sub(1, Ordering::AcqRel);
+        let fetcher = self.0;
+        fetcher
+            .last_wait_nanos
+            .fetch_max(nanos_since(fetcher.created), Ordering::AcqRel);
+        fetcher.waiting_readers.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -203,11 +202,7 @@ impl ChunkFetcher {
         if !waits.is_empty() {
             let _waiting = (priority == Priority::Demand).then(|| {
                 self.waiting_readers.fetch_add(1, Ordering::AcqRel);
-                Waiting {
-                    readers: &self.waiting_readers,
-                    last_wait: &self.last_wait_nanos,
-                    created: self.created,
-                }
+                Waiting(self)
             });
             let started = Instant::now();
             for (i, fetch) in waits {
@@ -365,7 +360,7 @@ impl ChunkFetcher {
                 .as_ref()
                 .map_or(0, |background| background.quiet_ms),
         );
-        // Nanoseconds readers still have to stay off the network before background work may go.
+        // How much longer readers have to stay off the network before background work may go.
         let quiet_left = || {
             let since = nanos_since(self.created)
                 .saturating_sub(self.last_wait_nanos.load(Ordering::Acquire));
