@@ -25,6 +25,8 @@ const KNOWN: &[(&str, &str)] = &[
     ("tc", "apt-get install iproute2"),
     ("python3", "apt-get install python3"),
     ("debootstrap", "apt-get install debootstrap"),
+    ("pip", "apt-get install python3-pip"),
+    ("npm", "apt-get install npm"),
     ("chroot", "apt-get install coreutils"),
     (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -36,7 +38,7 @@ const KNOWN: &[(&str, &str)] = &[
 ///
 /// Each name is a binary looked up on PATH (`docker-registry`, `skopeo`, `containerd`, `ctr`,
 /// `ctr-remote`, `runc`, `htpasswd`, `busybox` …), or one of the special names
-/// `root` (effective uid 0), `/dev/fuse` (present and openable) and `overlayfs`
+/// `root` (effective uid 0), `/dev/fuse` (present and openable), `pip` (`python3 -m pip` runs) and `overlayfs`
 /// (listed in /proc/filesystems); any other absolute path must be a file.
 pub fn require(names: &[&str]) -> Result<()> {
     let mut missing = Vec::new();
@@ -81,6 +83,15 @@ fn check(name: &str) -> Option<String> {
             } else {
                 Some(format!("{BUSYBOX_PATH} not found; {}", install_hint("busybox")))
             }
+        }
+        "pip" => {
+            let works = std::process::Command::new("python3")
+                .args(["-m", "pip", "--version"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            (!works).then(|| format!("`python3 -m pip` does not run; {}", install_hint("pip")))
         }
         "crun" => find_on_path("crun")
             .is_none()

@@ -1,7 +1,8 @@
 //! Debian-based corpus layers, made offline from the machine's own apt sources: a minbase root
-//! filesystem from `debootstrap`, then one layer per `apt-get install` step.
+//! filesystem from `debootstrap`, then one layer per install step: `apt-get install` (below), or PyPI
+//! and npm packages ([`super::packages`]).
 //!
-//! Each step runs in a chroot on an overlayfs whose lower directories are the earlier steps' trees and
+//! Each apt step runs in a chroot on an overlayfs whose lower directories are the earlier steps' trees and
 //! whose upper directory, once unmounted, is the step's layer (see [`super::dir_layer`]). apt's package
 //! lists and downloaded `.deb`s are bind-mounted from the cache, so the layers hold neither — the image a
 //! Dockerfile with `rm -rf /var/lib/apt/lists/*` makes — and a rebuild downloads nothing.
@@ -9,6 +10,7 @@
 //! Cache (`--cache`, default `/var/cache/skiff-bench`):
 //! - `debootstrap/`: debootstrap's `--cache-dir` (the base system's `.deb`s);
 //! - `apt/lists`, `apt/archives`: apt's lists and `.deb`s for the install steps;
+//! - `pip/`, `npm/`: PyPI wheels and npm's cache for the language-package steps ([`super::packages`]);
 //! - `layers/KEY/`: a finished step — `tree/` (its root filesystem or upper directory, the lower
 //!   directory of later steps), `layer.tar.gz` and `layer.json` (its digests). KEY hashes the step's
 //!   inputs (suite, mirror, architecture, packages, parent step), so a step is built once; a step that
@@ -30,6 +32,9 @@ use skiff_tests::mounts::{ensure_unmounted_under, unmount_all_under};
 use skiff_tests::{LayerBlobFile, Platform};
 
 use super::dir_layer::{write_layer, TreeOptions};
+use super::packages::{
+    host_python, image_dpkg_status, npm_command, pip_commands, under_root, WheelTarget,
+};
 
 /// Bumped when what a step produces changes for the same inputs (cleanup, tar writer).
 const LAYER_FORMAT: &str = "skiff-bench corpus layer v2";
@@ -186,6 +191,33 @@ fn is_http(uri: &str) -> bool {
     uri.starts_with("http://") || uri.starts_with("https://")
 }
 
+/// One build step on top of the Debian base system.
+#[derive(Debug, Clone, Copy)]
+pub enum Install {
+    /// `apt-get install --no-install-recommends PACKAGES`, in a chroot.
+    Apt(&'static [&'static str]),
+    /// `pip install PACKAGES`: PyPI wheels into the image's `/usr/local/lib/pythonX.Y/dist-packages`.
+    Pip(&'static [&'static str]),
+    /// `npm install PACKAGES` in the project directory `dir` (absolute), which also gets `files`
+    /// (name, contents).
+    Npm {
+        dir: &'static str,
+        packages: &'static [&'static str],
+        files: &'static [(&'static str, &'static str)],
+    },
+}
+
+impl Install {
+    /// The host programs the step runs (for the prerequisite check).
+    pub fn needs(&self) -> &'static [&'static str] {
+        match self {
+            Install::Apt(_) => &["chroot", "overlayfs"],
+            Install::Pip(_) => &["python3", "pip"],
+            Install::Npm { .. } => &["npm"],
+        }
+    }
+}
+
 /// A finished build step: its tree (a lower directory for later steps) and its layer blob.
 #[derive(Debug, Clone)]
 pub struct Step {
@@ -223,6 +255,8 @@ impl DebianBuilder {
             "debootstrap",
             "apt/lists/partial",
             "apt/archives/partial",
+            "pip",
+            "npm",
             "layers",
         ] {
             let dir = cache.join(dir);
@@ -262,11 +296,19 @@ impl DebianBuilder {
         &self.source
     }
 
-    /// The base system and one step per package group, bottom first (each built unless cached).
-    pub fn steps(&self, package_groups: &[&[&str]]) -> Result<Vec<Step>> {
+    /// The base system and one step per install, bottom first (each built unless cached).
+    pub fn steps(&self, installs: &[Install]) -> Result<Vec<Step>> {
         let mut steps = vec![self.base()?];
-        for packages in package_groups {
-            let step = self.apt_install(&steps, packages)?;
+        for install in installs {
+            let step = match install {
+                Install::Apt(packages) => self.apt_install(&steps, packages)?,
+                Install::Pip(packages) => self.pip_install(&steps, packages)?,
+                Install::Npm {
+                    dir,
+                    packages,
+                    files,
+                } => self.npm_install(&steps, dir, packages, files)?,
+            };
             steps.push(step);
         }
         Ok(steps)
@@ -373,6 +415,71 @@ impl DebianBuilder {
                 skip_contents_of: Vec::new(),
             };
             write_layer(&upper, &options, &dir.join("layer.tar.gz"))
+        })
+    }
+
+    /// `pip install PACKAGES` (binary wheels for the image's Python and glibc) into the image's
+    /// dist-packages, by the host's pip (see [`packages`]).
+    pub fn pip_install(&self, lower: &[Step], packages: &[&str]) -> Result<Step> {
+        let parent = lower.last().context("an install step needs a base")?;
+        let trees: Vec<&Path> = lower.iter().rev().map(|step| step.tree.as_path()).collect();
+        let target = WheelTarget::of_image(&image_dpkg_status(&trees)?, &self.architecture)?;
+        let host_python = host_python()?;
+        let (major, minor) = target.python;
+        let made_by = format!(
+            "pip install {} (wheels for cp{major}{minor} manylinux_2_{} {})",
+            packages.join(" "),
+            target.glibc_minor,
+            target.machine
+        );
+        let parent_line = format!("parent {}", parent.key);
+        let compiled = format!("host python {host_python:?}");
+        let inputs = [LAYER_FORMAT, &parent_line, &made_by, &compiled];
+        self.cached_or_build(&inputs, &made_by, |dir| {
+            let tree = dir.join("tree");
+            let log = dir.join("pip.log");
+            let downloads = self.cache.join("pip");
+            for mut command in pip_commands(&target, host_python, &downloads, &tree, packages) {
+                run_logged(&mut command, &log)?;
+            }
+            // Console scripts: their #! names the host's interpreter.
+            let scripts = tree.join(target.dist_packages()).join("bin");
+            if scripts.exists() {
+                std::fs::remove_dir_all(&scripts)
+                    .with_context(|| format!("remove {}", scripts.display()))?;
+            }
+            write_layer(&tree, &TreeOptions::default(), &dir.join("layer.tar.gz"))
+        })
+    }
+
+    /// `npm install --omit=dev PACKAGES` in the image's project directory `project` (absolute), which
+    /// also gets `files` (name, contents), by the host's npm (see [`packages`]).
+    pub fn npm_install(
+        &self,
+        lower: &[Step],
+        project: &str,
+        packages: &[&str],
+        files: &[(&str, &str)],
+    ) -> Result<Step> {
+        let parent = lower.last().context("an install step needs a base")?;
+        let made_by = format!("npm install --omit=dev {} in {project}", packages.join(" "));
+        let parent_line = format!("parent {}", parent.key);
+        let mut inputs = vec![LAYER_FORMAT, &parent_line, &made_by];
+        for (name, contents) in files {
+            inputs.extend([*name, *contents]);
+        }
+        self.cached_or_build(&inputs, &made_by, |dir| {
+            let tree = dir.join("tree");
+            let app = under_root(&tree, project)?;
+            std::fs::create_dir_all(&app).with_context(|| format!("create {}", app.display()))?;
+            for (name, contents) in files {
+                let path = under_root(&app, &format!("/{name}"))?;
+                std::fs::write(&path, contents)
+                    .with_context(|| format!("write {}", path.display()))?;
+            }
+            let mut command = npm_command(&app, &self.cache.join("npm"), packages);
+            run_logged(&mut command, &dir.join("npm.log"))?;
+            write_layer(&tree, &TreeOptions::default(), &dir.join("layer.tar.gz"))
         })
     }
 

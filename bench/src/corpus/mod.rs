@@ -8,14 +8,17 @@
 //!   whose start needs little of it (built with the test kit's `ImageSpec`);
 //! - `python3`: a Debian minbase root filesystem (`debootstrap` from the machine's own apt sources, of the
 //!   host's release) and a layer with `apt-get install python3`;
-//! - `numpy`: the `python3` image's layers and a layer with `python3-numpy python3-pandas`.
+//! - `numpy`: the `python3` image's layers and a layer with `pip install numpy pandas` (PyPI wheels);
+//! - `node`: Debian minbase with `apt-get install nodejs`, and a layer with an Express server
+//!   (`npm install express` and its `server.js`), whose workload waits for the server's ready line.
 //!
 //! The Debian layers are built by [`debian`] (chroot installs on overlayfs, each upper directory a layer,
-//! written by [`dir_layer`]) and cached with the downloads under `--cache`, so a rebuild only writes the
-//! layouts.
+//! written by [`dir_layer`]; PyPI and npm layers by [`packages`]) and cached with the downloads under
+//! `--cache`, so a rebuild only writes the layouts.
 
 pub mod debian;
 pub mod dir_layer;
+pub mod packages;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,7 +31,7 @@ use skiff_tests::{
 };
 
 use crate::coldstart::workloads;
-use debian::DebianBuilder;
+use debian::{DebianBuilder, Install};
 
 /// Where downloads and built layers are kept between builds.
 pub const DEFAULT_CACHE: &str = "/var/cache/skiff-bench";
@@ -88,9 +91,10 @@ pub struct PushArgs {
 pub enum Recipe {
     /// Declared entry by entry with the test kit.
     Kit(Box<ImageSpec>),
-    /// A Debian minbase root filesystem, then one layer per group of packages (apt, no recommends).
+    /// A Debian minbase root filesystem, then one layer per install step (apt without recommends,
+    /// pip, npm).
     Debian {
-        package_groups: &'static [&'static [&'static str]],
+        installs: &'static [Install],
         cmd: &'static [&'static str],
     },
 }
@@ -103,6 +107,14 @@ pub struct CorpusImage {
     /// Seconds `ctr-remote image optimize` watches the workload's file accesses.
     pub optimize_period_secs: u32,
 }
+
+/// The `node` image's server: Express on a port of its own, printing `ready` once it listens.
+const NODE_SERVER: &str = "\
+const express = require('express');
+const app = express();
+app.get('/', (req, res) => res.send('hello from skiff-bench\\n'));
+app.listen(0, () => console.log('ready'));
+";
 
 /// The corpus, smallest first.
 pub fn images() -> Vec<CorpusImage> {
@@ -124,7 +136,7 @@ pub fn images() -> Vec<CorpusImage> {
         CorpusImage {
             name: "python3",
             recipe: Recipe::Debian {
-                package_groups: &[&["python3"]],
+                installs: &[Install::Apt(&["python3"])],
                 cmd: &["python3"],
             },
             optimize_period_secs: 10,
@@ -132,10 +144,28 @@ pub fn images() -> Vec<CorpusImage> {
         CorpusImage {
             name: "numpy",
             recipe: Recipe::Debian {
-                package_groups: &[&["python3"], &["python3-numpy", "python3-pandas"]],
+                installs: &[
+                    Install::Apt(&["python3"]),
+                    Install::Pip(&["numpy", "pandas"]),
+                ],
                 cmd: &["python3"],
             },
             optimize_period_secs: 15,
+        },
+        CorpusImage {
+            name: "node",
+            recipe: Recipe::Debian {
+                installs: &[
+                    Install::Apt(&["nodejs"]),
+                    Install::Npm {
+                        dir: "/opt/app",
+                        packages: &["express"],
+                        files: &[("server.js", NODE_SERVER)],
+                    },
+                ],
+                cmd: &["node", "/opt/app/server.js"],
+            },
+            optimize_period_secs: 10,
         },
     ]
 }
@@ -177,7 +207,12 @@ pub fn build(out: &Path, selection: &Selection) -> Result<Vec<CorpusImage>> {
     for image in &images {
         match image.recipe {
             Recipe::Kit(_) => needs.push("busybox"),
-            Recipe::Debian { .. } => needs.extend(["root", "debootstrap", "chroot", "overlayfs"]),
+            Recipe::Debian { installs, .. } => {
+                needs.extend(["root", "debootstrap", "chroot", "overlayfs"]);
+                for install in installs {
+                    needs.extend(install.needs());
+                }
+            }
         }
     }
     needs.sort_unstable();
@@ -189,10 +224,7 @@ pub fn build(out: &Path, selection: &Selection) -> Result<Vec<CorpusImage>> {
         let dir = out.join(image.name);
         let spec = match &image.recipe {
             Recipe::Kit(spec) => (**spec).clone(),
-            Recipe::Debian {
-                package_groups,
-                cmd,
-            } => {
+            Recipe::Debian { installs, cmd } => {
                 if debian.is_none() {
                     debian = Some(DebianBuilder::new(&selection.cache)?);
                 }
@@ -203,7 +235,7 @@ pub fn build(out: &Path, selection: &Selection) -> Result<Vec<CorpusImage>> {
                     builder.source().suite
                 );
                 let steps = builder
-                    .steps(package_groups)
+                    .steps(installs)
                     .with_context(|| format!("build the layers of {}", image.name))?;
                 let mut spec = ImageSpec::new().env("LANG=C.UTF-8").cmd(cmd);
                 for step in steps {
