@@ -6,7 +6,7 @@
 //! lazy layers fetched (`skiff image info --json`: `bytes_fetched`, and `duplicate_fetches`, the
 //! chunks fetched although already cached, whose goal is 0) in `concurrent.csv`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -19,20 +19,13 @@ use tokio::runtime::Handle;
 
 use super::ready::run_until_ready;
 use super::skiff::skiff;
-use super::{drop_caches, fresh_skiffd, workloads, Workload, READY_TIMEOUT};
-use crate::link::{Profile, ShapedLink};
+use super::{drop_caches, fresh_skiffd, workloads, BedArgs, Workload, READY_TIMEOUT};
+use crate::link::ShapedLink;
 
 #[derive(Debug, Args)]
 pub struct ConcurrentArgs {
-    /// Network profile between the registry and everything else: lan, wan, slow or none.
-    #[arg(long, default_value = "wan")]
-    pub profile: Profile,
-    /// The workloads file (the command and ready line of the image's workload).
-    #[arg(long, default_value = "bench/workloads.toml")]
-    pub workloads: PathBuf,
-    /// A docker-registry storage directory holding the image (as `corpus push` fills it).
-    #[arg(long)]
-    pub registry_dir: PathBuf,
+    #[command(flatten)]
+    pub bed: BedArgs,
     /// REPO:TAG in that registry; its repository names the workload. Default: the `busybox`
     /// workload's `esgz` variant.
     #[arg(long, value_name = "REPO:TAG")]
@@ -40,12 +33,6 @@ pub struct ConcurrentArgs {
     /// Containers started at the same time.
     #[arg(short = 'n', long = "count", default_value_t = 8)]
     pub count: usize,
-    /// Runs (each: one single cold start, one concurrent cold start).
-    #[arg(long, default_value_t = 3)]
-    pub runs: usize,
-    /// Where concurrent.csv goes.
-    #[arg(long, default_value = "bench-results")]
-    pub out: PathBuf,
     /// Turn skiffd's background fetching off, so the registry bytes are what the containers read
     /// (with it on, as skiffd's default, they include what it fetched meanwhile).
     #[arg(long)]
@@ -94,19 +81,23 @@ fn pick(workloads: &[Workload], image: Option<&str>) -> Result<(String, Workload
 }
 
 pub fn run(args: &ConcurrentArgs, runtime: &Handle) -> Result<()> {
-    if args.count == 0 || args.runs == 0 {
+    if args.count == 0 || args.bed.runs == 0 {
         bail!("--count and --runs must be at least 1");
     }
     skiff_tests::require(&["root", "/dev/fuse", "docker-registry", "runc"])?;
-    let workloads = workloads::load(&args.workloads)?;
+    let workloads = workloads::load(&args.bed.workloads)?;
     let (image, workload) = pick(&workloads, args.image.as_deref())?;
     // Before the link check, which takes a while.
-    let (_registry, link) =
-        super::serve_behind_link(&args.registry_dir, &args.out, args.profile, runtime)?;
+    let (_registry, link) = super::serve_behind_link(
+        &args.bed.registry_dir,
+        &args.bed.out,
+        args.bed.profile,
+        runtime,
+    )?;
     let reference = format!("{}/{image}", link.addr());
 
     let mut rows = Vec::new();
-    for run in 1..=args.runs {
+    for run in 1..=args.bed.runs {
         super::check_interrupted()?;
         let background_fetch = !args.no_background_fetch;
         let single = cold_start(&link, &reference, &workload, 1, run, background_fetch)
@@ -123,7 +114,7 @@ pub fn run(args: &ConcurrentArgs, runtime: &Handle) -> Result<()> {
         for measured in [single, many] {
             let row = Row {
                 image: image.clone(),
-                profile: args.profile.name.to_owned(),
+                profile: args.bed.profile.name.to_owned(),
                 background_fetch: !args.no_background_fetch,
                 run,
                 containers: measured.containers,
@@ -141,7 +132,7 @@ pub fn run(args: &ConcurrentArgs, runtime: &Handle) -> Result<()> {
             rows.push(row);
         }
     }
-    let csv = args.out.join("concurrent.csv");
+    let csv = args.bed.out.join("concurrent.csv");
     write_csv(&csv, &rows)?;
     print!("{}", summary(&rows, args.count));
     println!("wrote {}", csv.display());

@@ -17,7 +17,10 @@ pub mod workloads;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Result};
+use clap::Args;
 use tokio::runtime::Handle;
 
 pub use workloads::Workload;
@@ -93,6 +96,28 @@ pub fn daemons_for<T>(
         drop_caches()?;
     }
     Ok(slot.as_ref().expect("daemons were just started"))
+}
+
+/// What `run` and `concurrent` share: the link, the workloads, the registry's storage, the number of
+/// runs and where the results go.
+#[derive(Debug, Args)]
+pub struct BedArgs {
+    /// Network profile between the registry and everything else: lan, wan, slow or none.
+    #[arg(long, default_value = "wan")]
+    pub profile: crate::link::Profile,
+    /// The workloads file (commands and ready lines).
+    #[arg(long, default_value = "bench/workloads.toml")]
+    pub workloads: PathBuf,
+    /// A docker-registry storage directory holding the workload images (as `corpus push` fills it).
+    #[arg(long)]
+    pub registry_dir: PathBuf,
+    /// Runs: cold and warm starts per image variant and mode (`run`), or one single and one concurrent
+    /// cold start (`concurrent`).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Where the results (results.csv, chart.png, results.json; concurrent.csv) go.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
 }
 
 /// Longest a workload may take to print its ready line.

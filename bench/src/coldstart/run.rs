@@ -2,8 +2,6 @@
 //! front of a docker-registry serving `--registry-dir`; a table on stdout, `results.csv` (and with
 //! `--json`, `results.json`) and `chart.png` in `--out`.
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
@@ -12,8 +10,7 @@ use tokio::runtime::Handle;
 use super::overlayfs::OverlayfsMode;
 use super::skiff::SkiffMode;
 use super::skiff_containerd::SkiffContainerdMode;
-use super::{workloads, Mode, Temperature};
-use crate::link::Profile;
+use super::{workloads, BedArgs, Mode, Temperature};
 
 /// The modes `--modes` may name (the default is the first three). `skiff-ondemand` is `skiff` with
 /// skiffd's background fetching off: its registry bytes are what the workload's reads needed.
@@ -21,15 +18,8 @@ pub const MODES: [&str; 4] = ["overlayfs", "skiff", "skiff-containerd", "skiff-o
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Network profile between the registry and everything else: lan, wan, slow or none.
-    #[arg(long, default_value = "wan")]
-    pub profile: Profile,
-    /// The workloads file.
-    #[arg(long, default_value = "bench/workloads.toml")]
-    pub workloads: PathBuf,
-    /// A docker-registry storage directory holding the workload images (as `corpus push` fills it).
-    #[arg(long)]
-    pub registry_dir: PathBuf,
+    #[command(flatten)]
+    pub bed: BedArgs,
     /// Comma-separated modes.
     #[arg(
         long,
@@ -37,12 +27,6 @@ pub struct RunArgs {
         default_value = "overlayfs,skiff,skiff-containerd"
     )]
     pub modes: Vec<String>,
-    /// Cold and warm starts per image variant and mode.
-    #[arg(long, default_value_t = 3)]
-    pub runs: usize,
-    /// Where results.csv (and results.json) go.
-    #[arg(long, default_value = "bench-results")]
-    pub out: PathBuf,
     /// Also write results.json.
     #[arg(long)]
     pub json: bool,
@@ -94,16 +78,20 @@ pub fn run(args: &RunArgs, runtime: &Handle) -> Result<()> {
         "runc",
         super::chart::FONT,
     ])?;
-    let workloads = workloads::load(&args.workloads)?;
+    let workloads = workloads::load(&args.bed.workloads)?;
     let mut modes = args
         .modes
         .iter()
         .map(|m| make_mode(m))
         .collect::<Result<Vec<_>>>()?;
-    let (_registry, link) =
-        super::serve_behind_link(&args.registry_dir, &args.out, args.profile, runtime)?;
+    let (_registry, link) = super::serve_behind_link(
+        &args.bed.registry_dir,
+        &args.bed.out,
+        args.bed.profile,
+        runtime,
+    )?;
     let starts: usize =
-        workloads.iter().map(|w| w.variants.len()).sum::<usize>() * modes.len() * args.runs * 2;
+        workloads.iter().map(|w| w.variants.len()).sum::<usize>() * modes.len() * args.bed.runs * 2;
     let progress = indicatif::ProgressBar::new(starts as u64).with_style(
         indicatif::ProgressStyle::with_template(
             "[{elapsed_precise}] {bar:30} {pos}/{len} starts  {msg}",
@@ -115,7 +103,7 @@ pub fn run(args: &RunArgs, runtime: &Handle) -> Result<()> {
         for variant in &workload.variants {
             let reference = format!("{}/{}", link.addr(), workload.reference(variant));
             for mode in modes.iter_mut() {
-                for run in 1..=args.runs {
+                for run in 1..=args.bed.runs {
                     for temperature in [Temperature::Cold, Temperature::Warm] {
                         if super::interrupted() {
                             break 'all;
@@ -144,7 +132,7 @@ pub fn run(args: &RunArgs, runtime: &Handle) -> Result<()> {
                             image: workload.image.clone(),
                             variant: variant.clone(),
                             mode: mode.name().to_owned(),
-                            profile: args.profile.name.to_owned(),
+                            profile: args.bed.profile.name.to_owned(),
                             run,
                             temperature: match temperature {
                                 Temperature::Cold => "cold",
@@ -180,13 +168,17 @@ pub fn run(args: &RunArgs, runtime: &Handle) -> Result<()> {
     }
     progress.finish_and_clear();
     drop(modes);
-    write_csv(&args.out.join("results.csv"), &rows)?;
+    write_csv(&args.bed.out.join("results.csv"), &rows)?;
     if !rows.is_empty() {
-        super::chart::draw(&args.out.join("chart.png"), &rows, args.profile.name)?;
+        super::chart::draw(
+            &args.bed.out.join("chart.png"),
+            &rows,
+            args.bed.profile.name,
+        )?;
     }
     if args.json {
         std::fs::write(
-            args.out.join("results.json"),
+            args.bed.out.join("results.json"),
             serde_json::to_vec_pretty(&rows)?,
         )?;
     }
@@ -197,7 +189,7 @@ pub fn run(args: &RunArgs, runtime: &Handle) -> Result<()> {
             "interrupted after {} of {starts} starts (their results are in {}); everything started \
              was stopped and removed",
             rows.len(),
-            args.out.display()
+            args.bed.out.display()
         );
     }
     Ok(())
