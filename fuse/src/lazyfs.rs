@@ -186,6 +186,25 @@ pub struct LazyLayer {
     sequential: Mutex<HashMap<Ino, Sequential>>,
     /// Every distinct chunk of the layer in blob order (for neighbour fetches).
     blob_order: Vec<ChunkRef>,
+    /// Read misses per directory (of the files in it) and the count that triggers its directory fetch.
+    directory_misses: Mutex<HashMap<Ino, (u32, u32)>>,
+}
+
+/// A directory fetch starts once the reads have missed on this share of the directory's small files
+/// (and on two at least): the first may be a lone file, a program going through the directory keeps
+/// coming back.
+const DIRECTORY_FETCH_SHARE: u32 = 8;
+
+/// A directory fetch takes the files of at most this many compressed bytes each (the many small files
+/// an interpreter imports, not a library next to them).
+const DIRECTORY_FETCH_FILE_BYTES: u64 = 256 << 10;
+
+/// The compressed bytes of `chunks` in the blob.
+fn compressed_bytes(chunks: &[ChunkRef]) -> u64 {
+    chunks
+        .iter()
+        .map(|c| c.compressed.end - c.compressed.start)
+        .sum()
 }
 
 /// The kernel's 32-bit device encoding (`new_encode_dev`).
@@ -401,6 +420,7 @@ impl LazyLayer {
             fetcher,
             sequential: Mutex::new(HashMap::new()),
             blob_order,
+            directory_misses: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -594,8 +614,13 @@ impl LazyLayer {
             return Ok(Bytes::new());
         }
         let readahead = self.readahead(node, start, end);
-        if let Some(neighbours) = self.neighbours(chunks) {
-            self.fetch_ahead(neighbours);
+        if let Some(last_missing) = self.fetcher.missing(chunks).last() {
+            if let Some(neighbours) = self.neighbours(last_missing.compressed.end) {
+                self.fetch_ahead(neighbours);
+            }
+            if let Some(siblings) = self.directory_fetch(node) {
+                self.fetch_ahead(siblings);
+            }
         }
         let data = self
             .fetcher
@@ -610,14 +635,13 @@ impl LazyLayer {
         Ok(bytes)
     }
 
-    /// If some of `chunks` must be fetched: the uncached chunks that follow the last of them in the blob,
-    /// as many whole chunks as fit in `neighbour_bytes` of compressed bytes.
-    fn neighbours(&self, chunks: &[ChunkRef]) -> Option<Vec<ChunkRef>> {
+    /// For a read that misses up to blob offset `last`: the uncached chunks that follow in the blob, as
+    /// many whole chunks as fit in `neighbour_bytes` of compressed bytes.
+    fn neighbours(&self, last: u64) -> Option<Vec<ChunkRef>> {
         let budget = self.fetcher.config().neighbour_bytes;
         if budget == 0 {
             return None;
         }
-        let last = self.fetcher.missing(chunks).last()?.compressed.end;
         let first = self
             .blob_order
             .partition_point(|c| c.compressed.start < last);
@@ -638,6 +662,68 @@ impl LazyLayer {
             .cloned()
             .collect();
         (!missing.is_empty()).then_some(missing)
+    }
+
+    /// For a read that misses in `node`: once the reads have missed on a [`DIRECTORY_FETCH_SHARE`]th of
+    /// the directory's small regular files (at most [`DIRECTORY_FETCH_FILE_BYTES`] compressed each; two
+    /// at least), and once per directory, the uncached chunks of its other small files, whole files in
+    /// blob order within `directory_bytes`. A program going through a directory (an interpreter
+    /// importing a package's modules) then pays one round trip for the rest of it instead of one per
+    /// file.
+    fn directory_fetch(&self, node: &Node) -> Option<Vec<ChunkRef>> {
+        let budget = self.fetcher.config().directory_bytes;
+        if budget == 0 {
+            return None;
+        }
+        let dir = self.tree.parent(node.ino)?;
+        let small = |n: &&Node| {
+            n.kind == NodeKind::File
+                && !n.chunks.is_empty()
+                && compressed_bytes(&n.chunks) <= DIRECTORY_FETCH_FILE_BYTES
+        };
+        let siblings = || {
+            self.tree
+                .children(dir)
+                .iter()
+                .filter_map(|(_, ino)| self.tree.node(*ino))
+                .filter(small)
+        };
+        {
+            let mut misses = self
+                .directory_misses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let (count, trigger) = misses.entry(dir).or_insert_with(|| {
+                let files = siblings().count() as u32;
+                (0, (files / DIRECTORY_FETCH_SHARE).max(2))
+            });
+            *count = count.saturating_add(1);
+            if *count != *trigger {
+                return None;
+            }
+        }
+        let mut files: Vec<&Node> = siblings().filter(|n| n.ino != node.ino).collect();
+        files.sort_by_key(|sibling| sibling.chunks[0].compressed.start);
+        let mut taken = 0;
+        let mut wanted = Vec::new();
+        for sibling in files {
+            let missing: Vec<ChunkRef> = self
+                .fetcher
+                .missing(&sibling.chunks)
+                .into_iter()
+                .cloned()
+                .collect();
+            let size = compressed_bytes(&missing);
+            if size == 0 {
+                continue;
+            }
+            if taken + size > budget {
+                break;
+            }
+            taken += size;
+            wanted.extend(missing);
+        }
+        (!wanted.is_empty()).then_some(wanted)
     }
 
     /// Fetches readahead chunks without anyone waiting for them.

@@ -211,6 +211,7 @@ fn quiet() -> LayerConfig {
             background: None,
             max_readahead_bytes: 0,
             neighbour_bytes: 0,
+            directory_bytes: 0,
             ..FetchConfig::default()
         },
     }
@@ -1491,6 +1492,7 @@ fn prefetch_only() -> LayerConfig {
         background: None,
         max_readahead_bytes: 0,
         neighbour_bytes: 0,
+        directory_bytes: 0,
         ..FetchConfig::default()
     })
 }
@@ -1697,6 +1699,7 @@ async fn background_fetch_skips_what_readers_already_fetched() {
         background: Some(BackgroundConfig::default()),
         max_readahead_bytes: 0,
         neighbour_bytes: 0,
+        directory_bytes: 0,
         max_gap_bytes: 0,
         ..FetchConfig::default()
     });
@@ -1723,6 +1726,7 @@ async fn background_fetching_does_not_delay_readers() {
         max_request_bytes: 2048,
         max_readahead_bytes: 0,
         neighbour_bytes: 0,
+        directory_bytes: 0,
         background: Some(BackgroundConfig {
             parallel_requests: 1,
             ..BackgroundConfig::default()
@@ -1766,6 +1770,7 @@ async fn background_fetching_waits_for_readers_to_be_quiet() {
     let config = with_fetch(FetchConfig {
         max_readahead_bytes: 0,
         neighbour_bytes: 0,
+        directory_bytes: 0,
         background: Some(BackgroundConfig {
             quiet_ms: 60_000,
             ..BackgroundConfig::default()
@@ -1800,6 +1805,7 @@ async fn a_reader_joining_a_held_back_background_span_is_not_stuck() {
         max_request_bytes: 2048,
         max_readahead_bytes: 0,
         neighbour_bytes: 0,
+        directory_bytes: 0,
         max_gap_bytes: 0,
         background: Some(BackgroundConfig {
             parallel_requests: 2,
@@ -1835,6 +1841,7 @@ async fn a_cancelled_reader_still_lands_its_chunk() {
     let config = with_fetch(FetchConfig {
         max_readahead_bytes: 0,
         neighbour_bytes: 0,
+        directory_bytes: 0,
         prefetch: false,
         background: Some(BackgroundConfig::default()),
         ..FetchConfig::default()
@@ -1885,6 +1892,7 @@ async fn a_miss_fetches_its_neighbours_in_the_blob() {
         background: None,
         max_readahead_bytes: 0,
         neighbour_bytes: 4096,
+        directory_bytes: 0,
         ..FetchConfig::default()
     });
     let fx = Fixture::estargz(&items, 1024, config).await;
@@ -1904,12 +1912,107 @@ async fn a_miss_fetches_its_neighbours_in_the_blob() {
     );
 }
 
+fn directory_config(directory_bytes: u64) -> LayerConfig {
+    with_fetch(FetchConfig {
+        prefetch: false,
+        background: None,
+        max_readahead_bytes: 0,
+        neighbour_bytes: 0,
+        directory_bytes,
+        ..FetchConfig::default()
+    })
+}
+
+/// The second read miss in a directory fetches, unawaited, the directory's other small files (a program
+/// going through it, like an interpreter importing a package's modules): whole files within
+/// `directory_bytes`, none larger than 256 KiB, nothing of other directories, and only once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_miss_in_a_directory_fetches_its_small_files() {
+    let mut items = many_items();
+    items.push(Item::File("d/large", 0o644, pseudo_random(300 << 10, 7)));
+    items.push(Item::File("e/other", 0o644, pseudo_random(3000, 8)));
+    let fx = Fixture::estargz(&items, 1024, directory_config(1 << 20)).await;
+    let others: Vec<&str> = MANY
+        .iter()
+        .copied()
+        .filter(|p| *p != "d/f03" && *p != "d/f11")
+        .collect();
+    let all_cached = |paths: &[&str]| {
+        paths
+            .iter()
+            .all(|p| fx.chunks(p).iter().all(|c| fx.cached(c)))
+    };
+    let none_cached = |paths: &[&str]| {
+        paths
+            .iter()
+            .all(|p| fx.chunks(p).iter().all(|c| !fx.cached(c)))
+    };
+
+    // One miss is a lone file: nothing else comes.
+    assert_eq!(fx.read_all("d/f11").await, data_of(&items, "d/f11"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(none_cached(&others));
+
+    // The second fetches the rest of the directory's small files.
+    assert_eq!(fx.read_all("d/f03").await, data_of(&items, "d/f03"));
+    eventually("the directory's small files to land", || {
+        all_cached(&others)
+    })
+    .await;
+    assert!(none_cached(&["d/large", "e/other"]));
+    let requests = fx.source.request_count();
+    for path in &others {
+        assert_eq!(fx.read_all(path).await, data_of(&items, path));
+    }
+    assert_eq!(
+        fx.source.request_count(),
+        requests,
+        "reads of fetched files went out"
+    );
+
+    // A later miss in the same directory fetches only what it reads.
+    assert_eq!(fx.read_all("d/large").await.len(), 300 << 10);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(none_cached(&["e/other"]));
+}
+
+/// A directory fetch takes whole files in blob order while they fit in `directory_bytes`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_directory_fetch_takes_whole_files_within_its_budget() {
+    let items = many_items();
+    let fx = Fixture::estargz(&items, 1024, directory_config(1)).await;
+    let _ = fx.read_all("d/f00").await;
+    let _ = fx.read_all("d/f01").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !fx.cached(&fx.chunks("d/f02")[0]),
+        "a budget of 1 byte fetched a file"
+    );
+
+    let one_file: u64 = fx
+        .chunks("d/f02")
+        .iter()
+        .map(|c| c.compressed.end - c.compressed.start)
+        .sum();
+    let fx = Fixture::estargz(&items, 1024, directory_config(one_file * 2 + one_file / 2)).await;
+    let _ = fx.read_all("d/f00").await;
+    let _ = fx.read_all("d/f01").await;
+    let whole = |p: &str| fx.chunks(p).iter().all(|c| fx.cached(c));
+    eventually("two files to land", || whole("d/f02") && whole("d/f03")).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !fx.chunks("d/f04").iter().any(|c| fx.cached(c)),
+        "beyond the budget"
+    );
+}
+
 fn readahead_config(max_readahead_bytes: u64) -> LayerConfig {
     with_fetch(FetchConfig {
         prefetch: false,
         background: None,
         max_readahead_bytes,
         neighbour_bytes: 0,
+        directory_bytes: 0,
         ..FetchConfig::default()
     })
 }

@@ -135,6 +135,9 @@ pub struct LazySection {
     pub max_readahead_bytes: u64,
     /// On a read miss, the following chunks of the blob fetched beside it (compressed bytes; 0 = off).
     pub neighbour_bytes: u64,
+    /// At the second read miss in a directory, its other small files fetched beside it (compressed
+    /// bytes; 0 = off).
+    pub directory_bytes: u64,
     /// Fetch the prioritized files (before `.prefetch.landmark`) at mount.
     pub prefetch: bool,
     /// Range requests in flight for fetching the rest of each layer in the background; 0 turns
@@ -156,6 +159,7 @@ impl Default for LazySection {
             attempts: 3,
             max_readahead_bytes: 8 << 20,
             neighbour_bytes: 128 << 10,
+            directory_bytes: 2 << 20,
             prefetch: true,
             background_parallel_requests: 2,
             background_quiet_ms: 1000,
@@ -176,6 +180,7 @@ impl LazySection {
                 attempts: self.attempts,
                 max_readahead_bytes: self.max_readahead_bytes,
                 neighbour_bytes: self.neighbour_bytes,
+                directory_bytes: self.directory_bytes,
                 prefetch: self.prefetch,
                 background: (self.background_parallel_requests != 0).then_some(BackgroundConfig {
                     parallel_requests: self.background_parallel_requests,

@@ -100,6 +100,10 @@ pub struct FetchConfig {
     /// to this many compressed bytes: a starting program reads many small files that lie near each
     /// other in the layer, and each would otherwise cost a round trip.
     pub neighbour_bytes: u64,
+    /// At the second read miss in a directory, also fetch (unawaited) the directory's other small files,
+    /// up to this many compressed bytes: a program going through a directory, like an interpreter
+    /// importing a package, would otherwise pay a round trip per file. 0 turns it off.
+    pub directory_bytes: u64,
     /// Fetch the prioritized files (before `.prefetch.landmark`) at mount.
     pub prefetch: bool,
     /// Fetch the rest of the layer in the background after mount; `None` turns it off.
@@ -115,6 +119,7 @@ impl Default for FetchConfig {
             attempts: 3,
             max_readahead_bytes: 8 << 20,
             neighbour_bytes: 128 << 10,
+            directory_bytes: 2 << 20,
             prefetch: true,
             background: Some(BackgroundConfig::default()),
         }
