@@ -72,15 +72,18 @@ fn pypi_and_npm_layers_land_where_the_image_looks() -> anyhow::Result<()> {
         "the pip layer carries the base's files: {listed:?}"
     );
 
-    let npm = builder.npm_install(
-        std::slice::from_ref(&base),
-        "/opt/app",
-        &["is-number"],
-        &[(
-            "index.js",
-            "console.log(require('is-number')(5) ? 'ready' : 'no');\n",
-        )],
-    )?;
+    let npm_install = || {
+        builder.npm_install(
+            std::slice::from_ref(&base),
+            "/opt/app",
+            &["is-number"],
+            &[(
+                "index.js",
+                "console.log(require('is-number')(5) ? 'ready' : 'no');\n",
+            )],
+        )
+    };
+    let npm = npm_install()?;
     let listed = entries(&npm.layer)?;
     for wanted in [
         "opt/app/index.js",
@@ -95,17 +98,7 @@ fn pypi_and_npm_layers_land_where_the_image_looks() -> anyhow::Result<()> {
     // Built once: the same inputs come from the cache, blob and all.
     let again = builder.pip_install(std::slice::from_ref(&base), &["six"])?;
     ensure!(again.key == pip.key && again.layer.digest == pip.layer.digest);
-    let again = builder
-        .npm_install(
-            std::slice::from_ref(&base),
-            "/opt/app",
-            &["is-number"],
-            &[(
-                "index.js",
-                "console.log(require('is-number')(5) ? 'ready' : 'no');\n",
-            )],
-        )
-        .context("the cached npm layer")?;
+    let again = npm_install().context("the cached npm layer")?;
     ensure!(again.layer.digest == npm.layer.digest);
     Ok(())
 }

@@ -1795,6 +1795,58 @@ async fn background_fetching_waits_for_readers_to_be_quiet() {
     background.abort();
 }
 
+/// The layers of an image share the link: one layer's background fetching holds back while a reader of
+/// another layer using the same chunk store waits on the network, and goes once readers are quiet.
+#[tokio::test(flavor = "multi_thread")]
+async fn background_fetching_holds_back_for_readers_of_other_layers() {
+    let items = many_items();
+    let config = with_fetch(FetchConfig {
+        max_readahead_bytes: 0,
+        neighbour_bytes: 0,
+        directory_bytes: 0,
+        background: Some(BackgroundConfig {
+            quiet_ms: 300,
+            ..BackgroundConfig::default()
+        }),
+        ..FetchConfig::default()
+    });
+    let fx = Fixture::estargz(&items, 1024, config.clone()).await;
+    let top_items = vec![Item::File("top", 0o644, pseudo_random(3000, 77))];
+    let top_blob = build_estargz(&top_items, 1024);
+    let top_source = CountingBlob::new("top", top_blob.bytes.clone());
+    let top = LazyLayer::open(
+        top_source.clone(),
+        &estargz_descriptor(&top_blob),
+        fx.store.clone(),
+        &config,
+    )
+    .await
+    .unwrap();
+    // Both mounts are past their quiet spell before anyone reads.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    top_source.set_delay(Duration::from_millis(1500));
+    let ino = resolve(top.tree(), "top").unwrap();
+    let reader = tokio::spawn({
+        let top = Arc::clone(&top);
+        async move { top.read(ino, 0, 3000).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let opened = fx.source.request_count();
+    let background = tokio::spawn(Arc::clone(&fx.layer).fetch_in_background());
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(
+        fx.source.request_count(),
+        opened,
+        "the base layer fetched in the background while a reader of the top layer waited"
+    );
+    assert_eq!(reader.await.unwrap(), data_of(&top_items, "top"));
+    eventually("background fetching once readers are quiet", || {
+        fx.source.request_count() > opened
+    })
+    .await;
+    background.abort();
+}
+
 /// A reader that needs a chunk the background fetch has planned but not yet requested (it holds back
 /// while readers wait) must not wait forever: the reader's wait promotes the span. Reading every file in
 /// order while the background fetch runs ahead of the reader is how a workload hit this.

@@ -88,12 +88,7 @@ pub fn run(args: &ConcurrentArgs, runtime: &Handle) -> Result<()> {
     let workloads = workloads::load(&args.bed.workloads)?;
     let (image, workload) = pick(&workloads, args.image.as_deref())?;
     // Before the link check, which takes a while.
-    let (_registry, link) = super::serve_behind_link(
-        &args.bed.registry_dir,
-        &args.bed.out,
-        args.bed.profile,
-        runtime,
-    )?;
+    let (_registry, link) = super::serve_behind_link(&args.bed, runtime)?;
     let reference = format!("{}/{image}", link.addr());
 
     let mut rows = Vec::new();

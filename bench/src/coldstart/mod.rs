@@ -237,12 +237,17 @@ pub fn check_interrupted() -> Result<()> {
 /// What `run` and `concurrent` start with: `out` created, interrupts watched, the profile's link checked
 /// and reported, then a docker-registry over `registry_dir` behind a shaped link.
 pub fn serve_behind_link(
-    registry_dir: &std::path::Path,
-    out: &std::path::Path,
-    profile: crate::link::Profile,
+    bed: &BedArgs,
     runtime: &Handle,
 ) -> Result<(skiff_tests::Registry, crate::link::ShapedLink)> {
     use anyhow::Context;
+    let BedArgs {
+        registry_dir,
+        out,
+        profile,
+        ..
+    } = bed;
+    let profile = *profile;
     // Before the link check, which takes a while.
     if !registry_dir.is_dir() {
         bail!(

@@ -84,12 +84,7 @@ pub fn run(args: &RunArgs, runtime: &Handle) -> Result<()> {
         .iter()
         .map(|m| make_mode(m))
         .collect::<Result<Vec<_>>>()?;
-    let (_registry, link) = super::serve_behind_link(
-        &args.bed.registry_dir,
-        &args.bed.out,
-        args.bed.profile,
-        runtime,
-    )?;
+    let (_registry, link) = super::serve_behind_link(&args.bed, runtime)?;
     let starts: usize =
         workloads.iter().map(|w| w.variants.len()).sum::<usize>() * modes.len() * args.bed.runs * 2;
     let progress = indicatif::ProgressBar::new(starts as u64).with_style(

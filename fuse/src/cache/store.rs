@@ -12,9 +12,9 @@ use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use lru::LruCache;
@@ -53,6 +53,63 @@ struct Inner {
     state: Mutex<State>,
     /// Signalled whenever digests leave `State::evicting`.
     evicted: Condvar,
+    readers: ReaderActivity,
+}
+
+/// Readers waiting on the network for chunks of this store, whichever layer they read: every lazy layer
+/// of a daemon shares the store, and the link and CPU that fetch and verify its chunks, so one layer's
+/// background fetching holds back while a reader of any layer waits.
+#[derive(Debug)]
+pub struct ReaderActivity {
+    waiting: AtomicUsize,
+    /// When a reader last stopped waiting, in nanoseconds since `created` (0: none has yet).
+    last_wait_nanos: AtomicU64,
+    created: Instant,
+}
+
+impl ReaderActivity {
+    fn new() -> Self {
+        ReaderActivity {
+            waiting: AtomicUsize::new(0),
+            last_wait_nanos: AtomicU64::new(0),
+            created: Instant::now(),
+        }
+    }
+
+    /// A reader starts waiting on the network.
+    pub fn begin_wait(&self) {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A reader stopped waiting (pairs with [`Self::begin_wait`]).
+    pub fn end_wait(&self) {
+        self.last_wait_nanos
+            .fetch_max(self.now_nanos(), Ordering::AcqRel);
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Also counts as a wait that just ended (a layer being mounted is one).
+    pub fn touch(&self) {
+        self.last_wait_nanos
+            .fetch_max(self.now_nanos(), Ordering::AcqRel);
+    }
+
+    /// Whether some reader waits on the network now.
+    pub fn waiting(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) > 0
+    }
+
+    /// How long readers have not waited on the network.
+    pub fn quiet_for(&self) -> Duration {
+        Duration::from_nanos(
+            self.now_nanos()
+                .saturating_sub(self.last_wait_nanos.load(Ordering::Acquire)),
+        )
+    }
+
+    fn now_nanos(&self) -> u64 {
+        self.created.elapsed().as_nanos().min(u64::MAX as u128) as u64
+    }
 }
 
 struct State {
@@ -78,6 +135,11 @@ struct DiskEntry {
 }
 
 impl ChunkStore {
+    /// Readers of any layer using this store that wait on the network.
+    pub fn readers(&self) -> &ReaderActivity {
+        &self.inner.readers
+    }
+
     /// Opens (creating if needed) the store in `dir` and rebuilds its index from the files present, oldest
     /// use first (a file's last use is the later of its access and modification times). Removes stale temp
     /// files and files whose name is not a digest, then evicts least-recently-used entries if the disk total
@@ -106,6 +168,7 @@ impl ChunkStore {
                 config,
                 state: Mutex::new(state),
                 evicted: Condvar::new(),
+                readers: ReaderActivity::new(),
             }),
         };
         store.finish_eviction(victims);

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -59,11 +59,6 @@ pub struct ChunkFetcher {
     inflight: Mutex<HashMap<ChunkDigest, InFlight>>,
     demand_requests: Semaphore,
     background_requests: Semaphore,
-    /// Readers waiting on the network right now; background requests hold back while it is non-zero.
-    waiting_readers: AtomicUsize,
-    /// When a reader last waited on the network, in nanoseconds since `created` (the mount counts).
-    last_wait_nanos: AtomicU64,
-    created: Instant,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -78,16 +73,8 @@ struct Waiting<'a>(&'a ChunkFetcher);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        let fetcher = self.0;
-        fetcher
-            .last_wait_nanos
-            .fetch_max(nanos_since(fetcher.created), Ordering::AcqRel);
-        fetcher.waiting_readers.fetch_sub(1, Ordering::AcqRel);
+        self.0.store.readers().end_wait();
     }
-}
-
-fn nanos_since(start: Instant) -> u64 {
-    start.elapsed().as_nanos().min(u64::MAX as u128) as u64
 }
 
 impl ChunkFetcher {
@@ -102,6 +89,8 @@ impl ChunkFetcher {
             .background
             .as_ref()
             .map_or(1, |b| b.parallel_requests.max(1));
+        // The mount counts as a reader's wait: background work waits for a quiet spell after it.
+        store.readers().touch();
         Arc::new(ChunkFetcher {
             demand_requests: Semaphore::new(config.parallel_requests.max(1)),
             background_requests: Semaphore::new(background),
@@ -111,9 +100,6 @@ impl ChunkFetcher {
             config,
             stats,
             inflight: Mutex::new(HashMap::new()),
-            waiting_readers: AtomicUsize::new(0),
-            last_wait_nanos: AtomicU64::new(0),
-            created: Instant::now(),
         })
     }
 
@@ -201,7 +187,7 @@ impl ChunkFetcher {
 
         if !waits.is_empty() {
             let _waiting = (priority == Priority::Demand).then(|| {
-                self.waiting_readers.fetch_add(1, Ordering::AcqRel);
+                self.store.readers().begin_wait();
                 Waiting(self)
             });
             let started = Instant::now();
@@ -361,12 +347,9 @@ impl ChunkFetcher {
                 .map_or(0, |background| background.quiet_ms),
         );
         // How much longer readers have to stay off the network before background work may go.
-        let quiet_left = || {
-            let since = nanos_since(self.created)
-                .saturating_sub(self.last_wait_nanos.load(Ordering::Acquire));
-            Duration::from_nanos((quiet.as_nanos() as u64).saturating_sub(since))
-        };
-        let readers_wait = || self.waiting_readers.load(Ordering::Acquire) > 0;
+        let readers = self.store.readers();
+        let quiet_left = || quiet.saturating_sub(readers.quiet_for());
+        let readers_wait = || readers.waiting();
         loop {
             if urgent.load(Ordering::Acquire) {
                 return demand().await;

@@ -7,7 +7,8 @@
 //! - Every chunk is decompressed and its sha256 checked (by the chunk store) before anyone sees it; a bad
 //!   span is fetched again, then reported — never served.
 //! - On-demand reads and background fetching have separate request budgets, and background work waits
-//!   while readers wait on the network.
+//!   while readers wait on the network — readers of any layer sharing the chunk store, as the layers of
+//!   an image share the link.
 
 mod fetcher;
 mod source;
@@ -131,9 +132,9 @@ impl Default for FetchConfig {
 pub struct BackgroundConfig {
     /// Range requests in flight at once for background fetching.
     pub parallel_requests: usize,
-    /// Background requests start only after readers have not waited on the network for this long
-    /// (milliseconds; the mount counts as a wait): a starting workload reads in bursts, and a
-    /// background request on the link delays each of its reads.
+    /// Background requests start only after readers (of any layer sharing the chunk store) have not
+    /// waited on the network for this long (milliseconds; a mount counts as a wait): a starting workload
+    /// reads in bursts, and a background request on the link delays each of its reads.
     pub quiet_ms: u64,
     /// Largest background Range request: a reader's request queues behind at most
     /// `parallel_requests` of these.
