@@ -186,14 +186,21 @@ pub struct LazyLayer {
     sequential: Mutex<HashMap<Ino, Sequential>>,
     /// Every distinct chunk of the layer in blob order (for neighbour fetches).
     blob_order: Vec<ChunkRef>,
-    /// Read misses per directory (of the files in it) and the count that triggers its directory fetch.
-    directory_misses: Mutex<HashMap<Ino, (u32, u32)>>,
+    /// Per directory: its small files that reads missed on, until its directory fetch.
+    directory_misses: Mutex<HashMap<Ino, DirectoryMisses>>,
+}
+
+/// The small files of a directory that reads missed on, and how many make a directory fetch.
+struct DirectoryMisses {
+    files: HashSet<Ino>,
+    trigger: usize,
+    fetched: bool,
 }
 
 /// A directory fetch starts once the reads have missed on this share of the directory's small files
 /// (and on two at least): the first may be a lone file, a program going through the directory keeps
 /// coming back.
-const DIRECTORY_FETCH_SHARE: u32 = 8;
+const DIRECTORY_FETCH_SHARE: usize = 8;
 
 /// A directory fetch takes the files of at most this many compressed bytes each (the many small files
 /// an interpreter imports, not a library next to them).
@@ -675,12 +682,16 @@ impl LazyLayer {
         if budget == 0 {
             return None;
         }
-        let dir = self.tree.parent(node.ino)?;
         let small = |n: &&Node| {
             n.kind == NodeKind::File
                 && !n.chunks.is_empty()
                 && compressed_bytes(&n.chunks) <= DIRECTORY_FETCH_FILE_BYTES
         };
+        if !small(&node) {
+            // A large file's reads say nothing about its directory.
+            return None;
+        }
+        let dir = self.tree.parent(node.ino)?;
         let siblings = || {
             self.tree
                 .children(dir)
@@ -693,14 +704,20 @@ impl LazyLayer {
                 .directory_misses
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            let (count, trigger) = misses.entry(dir).or_insert_with(|| {
-                let files = siblings().count() as u32;
-                (0, (files / DIRECTORY_FETCH_SHARE).max(2))
+            let state = misses.entry(dir).or_insert_with(|| DirectoryMisses {
+                files: HashSet::new(),
+                trigger: (siblings().count() / DIRECTORY_FETCH_SHARE).max(2),
+                fetched: false,
             });
-            *count = count.saturating_add(1);
-            if *count != *trigger {
+            if state.fetched {
                 return None;
             }
+            state.files.insert(node.ino);
+            if state.files.len() < state.trigger {
+                return None;
+            }
+            state.fetched = true;
+            state.files = HashSet::new();
         }
         let mut files: Vec<&Node> = siblings().filter(|n| n.ino != node.ino).collect();
         files.sort_by_key(|sibling| sibling.chunks[0].compressed.start);
