@@ -31,7 +31,7 @@ mod memory;
 mod store;
 
 pub use digest::{ChunkDigest, ParseDigestError};
-pub use store::{ChunkStore, PinGuard, ReaderActivity};
+pub use store::{ChunkStore, PinGuard, ReaderActivity, ReaderWait};
 
 use std::io;
 use std::path::PathBuf;

@@ -76,19 +76,13 @@ impl ReaderActivity {
         }
     }
 
-    /// A reader starts waiting on the network.
-    pub fn begin_wait(&self) {
+    /// A reader waits on the network for as long as the returned guard lives.
+    pub fn wait(&self) -> ReaderWait<'_> {
         self.waiting.fetch_add(1, Ordering::AcqRel);
+        ReaderWait(self)
     }
 
-    /// A reader stopped waiting (pairs with [`Self::begin_wait`]).
-    pub fn end_wait(&self) {
-        self.last_wait_nanos
-            .fetch_max(self.now_nanos(), Ordering::AcqRel);
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// Also counts as a wait that just ended (a layer being mounted is one).
+    /// Counts as a wait that just ended (a layer being mounted is one).
     pub fn touch(&self) {
         self.last_wait_nanos
             .fetch_max(self.now_nanos(), Ordering::AcqRel);
@@ -109,6 +103,16 @@ impl ReaderActivity {
 
     fn now_nanos(&self) -> u64 {
         self.created.elapsed().as_nanos().min(u64::MAX as u128) as u64
+    }
+}
+
+/// A reader waiting on the network (from [`ReaderActivity::wait`]); dropping it notes when it stopped.
+pub struct ReaderWait<'a>(&'a ReaderActivity);
+
+impl Drop for ReaderWait<'_> {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -67,16 +67,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Counts a reader as waiting on the fetcher's network for as long as it lives, and notes when it
-/// stopped.
-struct Waiting<'a>(&'a ChunkFetcher);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.store.readers().end_wait();
-    }
-}
-
 impl ChunkFetcher {
     pub fn new(
         source: Arc<dyn BlobSource>,
@@ -186,10 +176,7 @@ impl ChunkFetcher {
         }
 
         if !waits.is_empty() {
-            let _waiting = (priority == Priority::Demand).then(|| {
-                self.store.readers().begin_wait();
-                Waiting(self)
-            });
+            let _waiting = (priority == Priority::Demand).then(|| self.store.readers().wait());
             let started = Instant::now();
             for (i, fetch) in waits {
                 let fetched = fetch.await?;
