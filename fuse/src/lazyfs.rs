@@ -662,12 +662,7 @@ impl LazyLayer {
             })
             .cloned()
             .collect();
-        let missing: Vec<ChunkRef> = self
-            .fetcher
-            .missing(&following)
-            .into_iter()
-            .cloned()
-            .collect();
+        let missing = self.fetcher.missing(&following);
         (!missing.is_empty()).then_some(missing)
     }
 
@@ -724,12 +719,7 @@ impl LazyLayer {
         let mut taken = 0;
         let mut wanted = Vec::new();
         for sibling in files {
-            let missing: Vec<ChunkRef> = self
-                .fetcher
-                .missing(&sibling.chunks)
-                .into_iter()
-                .cloned()
-                .collect();
+            let missing = self.fetcher.missing(&sibling.chunks);
             let size = compressed_bytes(&missing);
             if size == 0 {
                 continue;
@@ -781,7 +771,7 @@ impl LazyLayer {
             return None;
         }
         let (ahead, _, _) = Self::chunks_for(node, end, window);
-        let missing: Vec<ChunkRef> = self.fetcher.missing(ahead).into_iter().cloned().collect();
+        let missing = self.fetcher.missing(ahead);
         (!missing.is_empty()).then_some(missing)
     }
 
@@ -854,7 +844,7 @@ impl LazyLayer {
         let mut batches: Vec<Vec<ChunkRef>> = Vec::new();
         let mut batch_bytes = 0;
         let max_batch_bytes = config.max_request_bytes.min(background.max_request_bytes);
-        for chunk in self.fetcher.missing(&all).into_iter().cloned() {
+        for chunk in self.fetcher.missing(&all) {
             let len = chunk.compressed.end - chunk.compressed.start;
             if batch_bytes + len > max_batch_bytes && !batches.is_empty() {
                 batch_bytes = 0;

@@ -106,10 +106,11 @@ impl ChunkFetcher {
     }
 
     /// Chunks whose bytes are not in the cache now (no IO beyond the cache's index).
-    pub fn missing<'c>(&self, chunks: &'c [ChunkRef]) -> Vec<&'c ChunkRef> {
+    pub fn missing(&self, chunks: &[ChunkRef]) -> Vec<ChunkRef> {
         chunks
             .iter()
             .filter(|c| !self.store.contains(&ChunkDigest(c.digest)))
+            .cloned()
             .collect()
     }
 
