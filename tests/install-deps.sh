@@ -10,8 +10,9 @@ packages=(
   iproute2 ca-certificates
   # skiff-bench: the chart font; debootstrap for the Debian-based corpus images
   fonts-dejavu-core debootstrap
-  # containerd's snapshotter conformance suite (../shared/snapshotter-testsuite), built from Go sources
-  golang-go golang-github-containerd-containerd-dev
+  # containerd's snapshotter conformance suite (../shared/snapshotter-testsuite) and skiff-bench's stargz
+  # peer (bench/peers/stargz), built from Go sources
+  golang-go golang-github-containerd-containerd-dev golang-github-containerd-stargz-snapshotter-dev
 )
 
 missing=()

@@ -28,6 +28,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("pip", "apt-get install python3-pip"),
     ("npm", "apt-get install npm"),
     ("chroot", "apt-get install coreutils"),
+    ("go", "apt-get install golang-go"),
     (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
         "apt-get install fonts-dejavu-core",

@@ -12,6 +12,7 @@ pub mod ready;
 pub mod run;
 pub mod skiff;
 pub mod skiff_containerd;
+pub mod stargz;
 pub mod workloads;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -10,23 +10,39 @@ use tokio::runtime::Handle;
 use super::overlayfs::OverlayfsMode;
 use super::skiff::SkiffMode;
 use super::skiff_containerd::SkiffContainerdMode;
+use super::stargz::StargzMode;
 use super::{workloads, BedArgs, Mode, Temperature};
 
-/// The modes `--modes` may name (the default is the first three). `skiff-ondemand` is `skiff` with
-/// skiffd's background fetching off: its registry bytes are what the workload's reads needed.
-pub const MODES: [&str; 4] = ["overlayfs", "skiff", "skiff-containerd", "skiff-ondemand"];
+/// The modes `--modes` may name. `skiff-ondemand` is `skiff` with skiffd's background fetching off: its
+/// registry bytes are what the workload's reads needed. `stargz` is a peer: stargz-snapshotter under
+/// containerd, when its daemon is on this machine.
+pub const MODES: [&str; 5] = [
+    "overlayfs",
+    "skiff",
+    "skiff-containerd",
+    "skiff-ondemand",
+    "stargz",
+];
+
+/// The modes run without `--modes`: overlayfs, skiff and skiff-containerd, and the peers found on this
+/// machine.
+pub fn default_modes() -> Vec<String> {
+    let mut modes: Vec<String> = MODES[..3].iter().map(|m| m.to_string()).collect();
+    if let Some(binary) = super::stargz::find_binary() {
+        eprintln!("peer found: {} (mode stargz)", binary.display());
+        modes.push("stargz".to_owned());
+    }
+    modes
+}
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub bed: BedArgs,
-    /// Comma-separated modes.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "overlayfs,skiff,skiff-containerd"
-    )]
-    pub modes: Vec<String>,
+    /// Comma-separated modes [default: overlayfs,skiff,skiff-containerd and, when its daemon is found,
+    /// stargz].
+    #[arg(long, value_delimiter = ',')]
+    pub modes: Option<Vec<String>>,
     /// Also write results.json.
     #[arg(long)]
     pub json: bool,
@@ -65,6 +81,7 @@ fn make_mode(name: &str) -> Result<Box<dyn Mode>> {
         "skiff" => Box::new(SkiffMode::new(true)),
         "skiff-ondemand" => Box::new(SkiffMode::new(false)),
         "skiff-containerd" => Box::new(SkiffContainerdMode::new(true)),
+        "stargz" => Box::new(StargzMode::new(super::stargz::binary()?, true)),
         other => bail!("unknown mode {other:?} (one of {})", MODES.join(", ")),
     })
 }
@@ -79,8 +96,8 @@ pub fn run(args: &RunArgs, runtime: &Handle) -> Result<()> {
         super::chart::FONT,
     ])?;
     let workloads = workloads::load(&args.bed.workloads)?;
-    let mut modes = args
-        .modes
+    let names = args.modes.clone().unwrap_or_else(default_modes);
+    let mut modes = names
         .iter()
         .map(|m| make_mode(m))
         .collect::<Result<Vec<_>>>()?;

@@ -1,7 +1,11 @@
 //! The bench tests' bed: a real docker-registry holding a busybox image with one generated file, as
 //! `bb:org` and, when asked, `bb:esgz` (converted by `ctr-remote`).
 
+use std::net::SocketAddr;
+
 use anyhow::Result;
+use skiff_bench::coldstart::{workloads, Mode, Temperature};
+use skiff_bench::link::{Profile, ShapedLink};
 use skiff_tests::{
     convert_estargz, require, Containerd, ImageSpec, LayerSpec, Registry, RegistryAuth,
 };
@@ -45,4 +49,42 @@ pub fn busybox_registry(path: &str, size: usize, seed: u64, estargz: bool) -> Re
         convert_estargz(&converter, &registry.host(), "bb:org", "bb:esgz", None)?;
     }
     Ok(registry)
+}
+
+/// Bytes of the lazy bed's image that its workload never reads.
+const UNREAD: usize = 16 << 20;
+
+/// A lazy mode's cold and warm start of an eStargz busybox with 16 MiB nobody reads, behind an
+/// unshaped link: the cold start must fetch far less than the image (the mode is expected to run without
+/// background fetching).
+#[allow(dead_code)] // not every test file uses every helper
+pub fn lazy_cold_and_warm_start(mode: &mut dyn Mode) -> anyhow::Result<()> {
+    let registry = busybox_registry("/data/unread.bin", UNREAD, 9, true)?;
+    let workload = workloads::parse(
+        r#"
+[[workload]]
+image = "bb"
+variants = ["esgz"]
+command = ["/bin/sh", "-c", "echo ready; sleep 60"]
+ready = "^ready$"
+"#,
+    )?
+    .remove(0);
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let upstream: SocketAddr = registry.host().parse()?;
+    let link = runtime.block_on(ShapedLink::start(upstream, Profile::NONE))?;
+    let reference = format!("{}/{}", link.addr(), workload.reference("esgz"));
+    let before = link.stats();
+    let cold = mode.start(&reference, &workload, "lazy-1", Temperature::Cold)?;
+    let fetched = (link.stats() - before).downstream_bytes;
+    assert!(!cold.run.is_zero() && !cold.pull.is_zero(), "{cold:?}");
+    assert!(
+        fetched > 0 && fetched * 4 < UNREAD as u64,
+        "a lazy start fetched {fetched} bytes of an image with {UNREAD} unread bytes"
+    );
+    let warm = mode.start(&reference, &workload, "lazy-2", Temperature::Warm)?;
+    assert!(!warm.run.is_zero());
+    drop(link);
+    Ok(())
 }
