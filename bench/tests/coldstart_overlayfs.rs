@@ -2,35 +2,24 @@
 //! containerd per cold start, `ctr` pull/create/start until the ready line. A cold start fetches the
 //! whole image through the link; a warm start of the same image fetches almost nothing.
 
-use std::net::SocketAddr;
-
 use skiff_bench::coldstart::overlayfs::OverlayfsMode;
-use skiff_bench::coldstart::{workloads, Mode, Temperature};
-use skiff_bench::link::{Profile, ShapedLink};
+use skiff_bench::coldstart::{Mode, Temperature};
 mod common;
 
 #[test]
 fn cold_and_warm_starts_through_the_link() -> anyhow::Result<()> {
-    let registry = common::busybox_registry("/data/blob.bin", 2 << 20, 5, false)?;
-    let workload = workloads::parse(
-        r#"
-[[workload]]
-image = "bb"
-variants = ["org"]
-command = ["/bin/sh", "-c", "echo warming up; echo ready; sleep 60"]
-ready = "^ready$"
-"#,
-    )?
-    .remove(0);
-
-    let runtime = tokio::runtime::Runtime::new()?;
-    let upstream: SocketAddr = registry.host().parse()?;
-    let link = runtime.block_on(ShapedLink::start(upstream, Profile::NONE))?;
-    let reference = format!("{}/{}", link.addr(), workload.reference("org"));
+    let bed = common::linked_bed(
+        "/data/blob.bin",
+        2 << 20,
+        5,
+        "org",
+        "echo warming up; echo ready; sleep 60",
+    )?;
+    let (link, reference, workload) = (&bed.link, &bed.reference, &bed.workload);
     let mut mode = OverlayfsMode::new();
 
     let before = link.stats();
-    let cold = mode.start(&reference, &workload, "cold-1", Temperature::Cold)?;
+    let cold = mode.start(reference, workload, "cold-1", Temperature::Cold)?;
     let cold_bytes = (link.stats() - before).downstream_bytes;
     assert!(cold.total() > cold.run && !cold.run.is_zero(), "{cold:?}");
     // The generated 2 MiB do not compress: a full pull fetches at least that.
@@ -40,7 +29,7 @@ ready = "^ready$"
     );
 
     let before = link.stats();
-    let warm = mode.start(&reference, &workload, "warm-1", Temperature::Warm)?;
+    let warm = mode.start(reference, workload, "warm-1", Temperature::Warm)?;
     let warm_bytes = (link.stats() - before).downstream_bytes;
     assert!(
         warm_bytes * 20 < cold_bytes,
@@ -48,6 +37,5 @@ ready = "^ready$"
     );
     assert!(!warm.run.is_zero());
     drop(mode);
-    drop(link);
     Ok(())
 }

@@ -131,10 +131,44 @@ pub fn drop_caches() -> Result<()> {
         .map_err(|e| anyhow::anyhow!("drop the page cache (needs root): {e}"))
 }
 
+/// A start on containerd: `pull` (a `ctr`-like command fetching the image, which must succeed; its error
+/// carries `log`, the log of the daemon behind it), then [`ctr_create_and_run`] with `snapshotter`.
+pub fn containerd_start(
+    containerd: &skiff_tests::Containerd,
+    pull: &mut std::process::Command,
+    log: impl FnOnce() -> String,
+    snapshotter: Option<&str>,
+    reference: &str,
+    id: &str,
+    workload: &Workload,
+) -> Result<StartTimes> {
+    use anyhow::Context;
+    let started = Instant::now();
+    let output = pull.output().with_context(|| format!("run {pull:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{pull:?} failed ({}): {}\nits daemon's log:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim_end(),
+            log()
+        );
+    }
+    let pull = started.elapsed();
+    let (create, run, ready_at) =
+        ctr_create_and_run(containerd, snapshotter, reference, id, workload)?;
+    Ok(StartTimes {
+        pull,
+        create,
+        run,
+        ready_at: Some(ready_at),
+        lazy: None,
+    })
+}
+
 /// `ctr container create [--snapshotter S] REF ID -- COMMAND` and `ctr task start ID` until the ready line,
 /// then the container is killed and removed (the image stays). Returns (create, run) times and when the
 /// ready line came.
-pub fn ctr_create_and_run(
+fn ctr_create_and_run(
     containerd: &skiff_tests::Containerd,
     snapshotter: Option<&str>,
     reference: &str,

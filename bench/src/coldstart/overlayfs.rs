@@ -2,12 +2,12 @@
 //! built-in overlayfs snapshotter, `ctr image pull` (a full pull: every layer downloaded and unpacked),
 //! `ctr container create`, `ctr task start` until the ready line.
 
-use std::time::Instant;
+use std::process::Command;
 
 use anyhow::Result;
 use skiff_tests::Containerd;
 
-use super::{ctr_create_and_run, daemons_for, Mode, StartTimes, Temperature, Workload};
+use super::{containerd_start, daemons_for, Mode, StartTimes, Temperature, Workload};
 
 /// containerd + overlayfs; a cold start gets a new containerd.
 #[derive(Default)]
@@ -38,18 +38,17 @@ impl Mode for OverlayfsMode {
         temperature: Temperature,
     ) -> Result<StartTimes> {
         let containerd = daemons_for(&mut self.containerd, temperature, Containerd::start)?;
-        let started = Instant::now();
-        containerd.ctr_ok(&["image", "pull", "--plain-http", reference])?;
-        let pull = started.elapsed();
-
-        let (create, run, ready_at) =
-            ctr_create_and_run(containerd, None, reference, id, workload)?;
-        Ok(StartTimes {
-            pull,
-            create,
-            run,
-            ready_at: Some(ready_at),
-            lazy: None,
-        })
+        containerd_start(
+            containerd,
+            Command::new("ctr")
+                .arg("-a")
+                .arg(containerd.socket())
+                .args(["image", "pull", "--plain-http", reference]),
+            || containerd.log(),
+            None,
+            reference,
+            id,
+            workload,
+        )
     }
 }

@@ -7,15 +7,12 @@
 //! benchmark registry's host as plain HTTP.
 
 use std::process::Command;
-use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use skiff_tests::{cargo_bin, Containerd, ContainerdConfig, ProxyPlugin, Skiffd};
 use tempfile::TempDir;
 
-use super::{
-    ctr_create_and_run, daemons_for, fresh_skiffd, Mode, StartTimes, Temperature, Workload,
-};
+use super::{containerd_start, daemons_for, fresh_skiffd, Mode, StartTimes, Temperature, Workload};
 
 /// The daemons of one cold start; dropped in order: containerd (its tasks and mounts) before skiffd.
 struct Daemons {
@@ -75,36 +72,17 @@ impl Mode for SkiffContainerdMode {
         let daemons = daemons_for(&mut self.daemons, temperature, || {
             start_daemons(reference, background_fetch)
         })?;
-        let containerd = &daemons.containerd;
-
-        let started = Instant::now();
-        let output = Command::new(cargo_bin("skiff")?)
-            .arg("image")
-            .arg("rpull")
-            .arg("--containerd")
-            .arg(containerd.socket())
-            .arg("--plain-http")
-            .arg(reference)
-            .output()
-            .context("run skiff image rpull")?;
-        if !output.status.success() {
-            bail!(
-                "skiff image rpull {reference} failed ({}): {}\nskiffd log:\n{}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim_end(),
-                daemons.skiffd.log()
-            );
-        }
-        let pull = started.elapsed();
-
-        let (create, run, ready_at) =
-            ctr_create_and_run(containerd, Some("skiff"), reference, id, workload)?;
-        Ok(StartTimes {
-            pull,
-            create,
-            run,
-            ready_at: Some(ready_at),
-            lazy: None,
-        })
+        containerd_start(
+            &daemons.containerd,
+            Command::new(cargo_bin("skiff")?)
+                .args(["image", "rpull", "--containerd"])
+                .arg(daemons.containerd.socket())
+                .args(["--plain-http", reference]),
+            || daemons.skiffd.log(),
+            Some("skiff"),
+            reference,
+            id,
+            workload,
+        )
     }
 }

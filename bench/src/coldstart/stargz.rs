@@ -11,13 +11,13 @@
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use skiff_tests::{wait_until, ChildProcess, Containerd, ContainerdConfig, ProxyPlugin};
 use tempfile::TempDir;
 
-use super::{ctr_create_and_run, daemons_for, Mode, StartTimes, Temperature, Workload};
+use super::{containerd_start, daemons_for, Mode, StartTimes, Temperature, Workload};
 
 /// The daemon's name, on PATH or in [`BIN_VAR`].
 pub const BINARY: &str = "containerd-stargz-grpc";
@@ -202,34 +202,18 @@ impl Mode for StargzMode {
         let daemons = daemons_for(&mut self.daemons, temperature, || {
             start_daemons(binary, reference, background_fetch)
         })?;
-        let containerd = &daemons.containerd;
-
-        let started = Instant::now();
-        let output = Command::new("ctr-remote")
-            .arg("-a")
-            .arg(containerd.socket())
-            .args(["image", "rpull", "--plain-http", reference])
-            .output()
-            .context("run ctr-remote image rpull")?;
-        if !output.status.success() {
-            bail!(
-                "ctr-remote image rpull {reference} failed ({}): {}\n{BINARY} log:\n{}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim_end(),
-                daemons.snapshotter.log()
-            );
-        }
-        let pull = started.elapsed();
-
-        let (create, run, ready_at) =
-            ctr_create_and_run(containerd, Some("stargz"), reference, id, workload)?;
-        Ok(StartTimes {
-            pull,
-            create,
-            run,
-            ready_at: Some(ready_at),
-            lazy: None,
-        })
+        containerd_start(
+            &daemons.containerd,
+            Command::new("ctr-remote")
+                .arg("-a")
+                .arg(daemons.containerd.socket())
+                .args(["image", "rpull", "--plain-http", reference]),
+            || daemons.snapshotter.log(),
+            Some("stargz"),
+            reference,
+            id,
+            workload,
+        )
     }
 }
 

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Result;
-use skiff_bench::coldstart::{workloads, Mode, Temperature};
+use skiff_bench::coldstart::{workloads, Mode, Temperature, Workload};
 use skiff_bench::link::{Profile, ShapedLink};
 use skiff_tests::{
     convert_estargz, require, Containerd, ImageSpec, LayerSpec, Registry, RegistryAuth,
@@ -51,40 +51,76 @@ pub fn busybox_registry(path: &str, size: usize, seed: u64, estargz: bool) -> Re
     Ok(registry)
 }
 
+/// A bed behind an unshaped link: the registry of [`busybox_registry`], a workload of its image `bb` in
+/// one variant, and that variant's reference through the link. Dropped in order: the link, its runtime,
+/// then the registry.
+#[allow(dead_code)] // not every test file uses every helper
+pub struct LinkedBed {
+    pub workload: Workload,
+    pub link: ShapedLink,
+    pub reference: String,
+    _runtime: tokio::runtime::Runtime,
+    _registry: Registry,
+}
+
+/// The image of [`busybox_registry`] (eStargz too unless `variant` is `org`) serving `variant` to a
+/// workload running `/bin/sh -c script`, ready at its line `ready`.
+#[allow(dead_code)]
+pub fn linked_bed(
+    path: &str,
+    size: usize,
+    seed: u64,
+    variant: &str,
+    script: &str,
+) -> Result<LinkedBed> {
+    let registry = busybox_registry(path, size, seed, variant != "org")?;
+    let workload = workloads::parse(&format!(
+        "[[workload]]\nimage = \"bb\"\nvariants = [{variant:?}]\n\
+         command = [\"/bin/sh\", \"-c\", {script:?}]\nready = \"^ready$\"\n"
+    ))?
+    .remove(0);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let upstream: SocketAddr = registry.host().parse()?;
+    let link = runtime.block_on(ShapedLink::start(upstream, Profile::NONE))?;
+    let reference = format!("{}/{}", link.addr(), workload.reference(variant));
+    Ok(LinkedBed {
+        workload,
+        link,
+        reference,
+        _runtime: runtime,
+        _registry: registry,
+    })
+}
+
 /// Bytes of the lazy bed's image that its workload never reads.
 const UNREAD: usize = 16 << 20;
 
 /// A lazy mode's cold and warm start of an eStargz busybox with 16 MiB nobody reads, behind an
 /// unshaped link: the cold start must fetch far less than the image (the mode is expected to run without
 /// background fetching).
-#[allow(dead_code)] // not every test file uses every helper
+#[allow(dead_code)]
 pub fn lazy_cold_and_warm_start(mode: &mut dyn Mode) -> anyhow::Result<()> {
-    let registry = busybox_registry("/data/unread.bin", UNREAD, 9, true)?;
-    let workload = workloads::parse(
-        r#"
-[[workload]]
-image = "bb"
-variants = ["esgz"]
-command = ["/bin/sh", "-c", "echo ready; sleep 60"]
-ready = "^ready$"
-"#,
-    )?
-    .remove(0);
-
-    let runtime = tokio::runtime::Runtime::new()?;
-    let upstream: SocketAddr = registry.host().parse()?;
-    let link = runtime.block_on(ShapedLink::start(upstream, Profile::NONE))?;
-    let reference = format!("{}/{}", link.addr(), workload.reference("esgz"));
+    let LinkedBed {
+        workload,
+        link,
+        reference,
+        ..
+    } = &linked_bed(
+        "/data/unread.bin",
+        UNREAD,
+        9,
+        "esgz",
+        "echo ready; sleep 60",
+    )?;
     let before = link.stats();
-    let cold = mode.start(&reference, &workload, "lazy-1", Temperature::Cold)?;
+    let cold = mode.start(reference, workload, "lazy-1", Temperature::Cold)?;
     let fetched = (link.stats() - before).downstream_bytes;
     assert!(!cold.run.is_zero() && !cold.pull.is_zero(), "{cold:?}");
     assert!(
         fetched > 0 && fetched * 4 < UNREAD as u64,
         "a lazy start fetched {fetched} bytes of an image with {UNREAD} unread bytes"
     );
-    let warm = mode.start(&reference, &workload, "lazy-2", Temperature::Warm)?;
+    let warm = mode.start(reference, workload, "lazy-2", Temperature::Warm)?;
     assert!(!warm.run.is_zero());
-    drop(link);
     Ok(())
 }
