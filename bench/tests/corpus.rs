@@ -1,6 +1,7 @@
 //! `skiff-bench corpus push --registry-dir` as a user runs it: the corpus lands in a registry storage dir
 //! as NAME:org (gzip), NAME:esgz (eStargz, TOC digests annotated) and NAME:esgzopt (eStargz optimized for
-//! the workload: its layers carry the prefetch landmark), which `skiff-bench run --registry-dir` serves.
+//! the workload: its layers carry the prefetch landmark), NAME:zstd and NAME:zstdopt (the same as
+//! zstd:chunked), which `skiff-bench run --registry-dir` serves.
 
 use std::process::Command;
 
@@ -10,7 +11,7 @@ use skiff_tests::{cargo_bin, require, Registry};
 const TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
 
 #[test]
-fn the_corpus_is_pushed_in_three_variants() -> anyhow::Result<()> {
+fn the_corpus_is_pushed_in_every_variant() -> anyhow::Result<()> {
     require(&[
         "root",
         "docker-registry",
@@ -60,6 +61,17 @@ fn the_corpus_is_pushed_in_three_variants() -> anyhow::Result<()> {
             layers
                 .iter()
                 .all(|l| l["annotations"][TOC_DIGEST].is_string()),
+            "{tag}: {lazy}"
+        );
+    }
+    for tag in ["zstd", "zstdopt"] {
+        let lazy = manifest(tag)?;
+        let layers = lazy["layers"].as_array().context("layers")?;
+        ensure!(
+            layers.len() == 2
+                && layers
+                    .iter()
+                    .all(|l| l["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"),
             "{tag}: {lazy}"
         );
     }

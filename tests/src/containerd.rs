@@ -330,27 +330,28 @@ pub fn convert_estargz(
     .digest)
 }
 
-/// Like `convert_estargz` for either lazy format (host platform only).
-/// `ctr-remote images optimize`: converts `src` to eStargz with the files `command` reads while it runs
-/// (in a container of this containerd, for `period_secs`) placed first and marked for prefetch, and pushes
-/// it as `dst`; returns the pushed manifest digest.
-pub fn optimize_estargz(
+/// `ctr-remote images optimize`: converts `src` to `format` (eStargz, or zstd:chunked) with the files
+/// `command` reads while it runs (in a container of this containerd, for `period_secs`) placed first and
+/// marked for prefetch, and pushes it as `dst`; returns the pushed manifest digest.
+pub fn optimize_image(
     containerd: &Containerd,
     registry_host: &str,
     src: &str,
     dst: &str,
     command: &[String],
     period_secs: u32,
+    format: LazyFormat,
 ) -> Result<String> {
     let src_ref = format!("{registry_host}/{src}");
     let dst_ref = format!("{registry_host}/{dst}");
     containerd.ctr_remote_ok(&["images", "pull", "--plain-http", &src_ref])?;
     let entrypoint = serde_json::to_string(command)?;
     let period = period_secs.to_string();
-    containerd.ctr_remote_ok(&[
-        "images",
-        "optimize",
-        "--oci",
+    let mut optimize = vec!["images", "optimize", "--oci"];
+    if format == LazyFormat::ZstdChunked {
+        optimize.push("--zstdchunked");
+    }
+    optimize.extend([
         "--period",
         &period,
         "--entrypoint",
@@ -359,11 +360,13 @@ pub fn optimize_estargz(
         "[]",
         &src_ref,
         &dst_ref,
-    ])?;
+    ]);
+    containerd.ctr_remote_ok(&optimize)?;
     containerd.push_with_retries(&dst_ref, None)?;
     containerd.image_digest(&dst_ref)
 }
 
+/// Like `convert_estargz` for either lazy format (host platform only).
 pub fn convert_image(
     containerd: &Containerd,
     registry_host: &str,

@@ -26,7 +26,7 @@ pub mod token_server;
 
 pub use client_config::{write_docker_config, write_hosts_toml, HostEntry};
 pub use containerd::{
-    convert_estargz, convert_image, optimize_estargz, Containerd, ContainerdConfig, ConvertedImage,
+    convert_estargz, convert_image, optimize_image, Containerd, ContainerdConfig, ConvertedImage,
     LazyFormat, ProxyPlugin,
 };
 pub use fault_proxy::{Fault, FaultProxy, ProxiedRequest};

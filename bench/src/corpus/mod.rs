@@ -1,7 +1,7 @@
-//! `skiff-bench corpus build|push`: the benchmark's images, made offline and pushed in the three variants
-//! the workloads name: `org` (plain gzip), `esgz` (eStargz, `ctr-remote image convert`) and `esgzopt`
-//! (eStargz optimized for the workload, `ctr-remote image optimize`, which runs the workload's command in
-//! a throwaway containerd to record what it reads).
+//! `skiff-bench corpus build|push`: the benchmark's images, made offline and pushed in the variants the
+//! workloads name: `org` (plain gzip), `esgz` (eStargz, `ctr-remote image convert`), `esgzopt` (eStargz
+//! optimized for the workload, `ctr-remote image optimize`, which runs the workload's command in a
+//! throwaway containerd to record what it reads), and `zstd` / `zstdopt` (the same as zstd:chunked).
 //!
 //! The corpus ([`images`]):
 //! - `busybox`: busybox-static with a 64 MiB file the workload never reads, the shape of a large image
@@ -27,11 +27,17 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use skiff_tests::{
-    convert_estargz, optimize_estargz, require, Containerd, ImageSpec, LayerSpec, Registry,
+    convert_image, optimize_image, require, Containerd, ImageSpec, LayerSpec, LazyFormat, Registry,
 };
 
 use crate::coldstart::workloads;
 use debian::{DebianBuilder, Install};
+
+/// The lazy variants pushed beside `org`: each format converted as is, and optimized for the workload.
+pub const LAZY_VARIANTS: [(LazyFormat, &str, &str); 2] = [
+    (LazyFormat::Estargz, "esgz", "esgzopt"),
+    (LazyFormat::ZstdChunked, "zstd", "zstdopt"),
+];
 
 /// Where downloads and built layers are kept between builds.
 pub const DEFAULT_CACHE: &str = "/var/cache/skiff-bench";
@@ -40,7 +46,8 @@ pub const DEFAULT_CACHE: &str = "/var/cache/skiff-bench";
 pub enum CorpusCommand {
     /// Build the corpus images as OCI layouts (tag `org`) under DIR/NAME.
     Build(BuildArgs),
-    /// Push the corpus (built with `build`, or built now) as NAME:org, NAME:esgz and NAME:esgzopt.
+    /// Push the corpus (built with `build`, or built now) as NAME:org, NAME:esgz, NAME:esgzopt,
+    /// NAME:zstd and NAME:zstdopt.
     Push(PushArgs),
 }
 
@@ -79,7 +86,15 @@ pub struct PushArgs {
     /// Layouts from `corpus build`; built in a temporary directory when absent.
     #[arg(long)]
     pub from: Option<PathBuf>,
-    /// The workloads whose commands optimize the esgzopt variants.
+    /// The lazy variants to push beside `org` (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "esgz,esgzopt,zstd,zstdopt",
+        value_parser = clap::builder::PossibleValuesParser::new(["esgz", "esgzopt", "zstd", "zstdopt"])
+    )]
+    pub variants: Vec<String>,
+    /// The workloads whose commands optimize the esgzopt and zstdopt variants.
     #[arg(long, default_value = "bench/workloads.toml")]
     pub workloads: PathBuf,
     #[command(flatten)]
@@ -312,28 +327,39 @@ fn push(args: &PushArgs) -> Result<()> {
             bail!("skopeo copy of {name}:org to {host} failed: {status}");
         }
         println!("pushed {host}/{name}:org");
-        let esgz = convert_estargz(
-            &converter,
-            &host,
-            &format!("{name}:org"),
-            &format!("{name}:esgz"),
-            None,
-        )?;
-        println!("pushed {host}/{name}:esgz {esgz}");
-        match workloads.iter().find(|w| w.image == name) {
-            Some(workload) => {
-                let optimized = optimize_estargz(
+        let org = format!("{name}:org");
+        let workload = workloads.iter().find(|w| w.image == name);
+        let wanted = |tag: &str| args.variants.iter().any(|v| v == tag);
+        for (format, tag, optimized_tag) in LAZY_VARIANTS {
+            if wanted(tag) {
+                let converted = convert_image(
                     &converter,
                     &host,
-                    &format!("{name}:org"),
-                    &format!("{name}:esgzopt"),
-                    &workload.command,
-                    image.optimize_period_secs,
-                )
-                .with_context(|| format!("optimize {name} for {:?}", workload.command.join(" ")))?;
-                println!("pushed {host}/{name}:esgzopt {optimized}");
+                    &org,
+                    &format!("{name}:{tag}"),
+                    None,
+                    format,
+                )?;
+                println!("pushed {host}/{name}:{tag} {}", converted.digest);
             }
-            None => println!("no workload names {name}: no esgzopt variant"),
+            if !wanted(optimized_tag) {
+                continue;
+            }
+            let Some(workload) = workload else {
+                println!("no workload names {name}: no {optimized_tag} variant");
+                continue;
+            };
+            let optimized = optimize_image(
+                &converter,
+                &host,
+                &org,
+                &format!("{name}:{optimized_tag}"),
+                &workload.command,
+                image.optimize_period_secs,
+                format,
+            )
+            .with_context(|| format!("optimize {name} for {:?}", workload.command.join(" ")))?;
+            println!("pushed {host}/{name}:{optimized_tag} {optimized}");
         }
         println!("{name}: pushed in {:.1} s", started.elapsed().as_secs_f64());
     }
