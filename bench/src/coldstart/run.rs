@@ -28,7 +28,7 @@ pub const MODES: [&str; 5] = [
 /// machine.
 pub fn default_modes() -> Vec<String> {
     let mut modes: Vec<String> = MODES[..3].iter().map(|m| m.to_string()).collect();
-    if let Some(binary) = super::stargz::find_binary() {
+    if let Ok(binary) = super::stargz::binary() {
         eprintln!("peer found: {} (mode stargz)", binary.display());
         modes.push("stargz".to_owned());
     }
