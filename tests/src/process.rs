@@ -46,6 +46,34 @@ impl ChildProcess {
         })
     }
 
+    /// Spawns a daemon like [`spawn`](Self::spawn) and waits (30 s at most) until its unix socket
+    /// `socket` accepts a connection; if it exits or never does, it is stopped and the error carries
+    /// the last lines of its log.
+    pub fn spawn_listening(
+        name: &str,
+        command: &mut Command,
+        log_path: &Path,
+        socket: &Path,
+    ) -> Result<Self> {
+        let mut process = Self::spawn(name, command, log_path)?;
+        let ready = wait_until(
+            &format!("{name}'s socket to accept"),
+            Duration::from_secs(30),
+            || {
+                process.ensure_running()?;
+                Ok(std::os::unix::net::UnixStream::connect(socket).is_ok())
+            },
+        );
+        match ready {
+            Ok(()) => Ok(process),
+            Err(e) => {
+                let log = process.log_tail(40);
+                drop(process);
+                Err(e.context(format!("{name} log:\n{log}")))
+            }
+        }
+    }
+
     /// Sets how long `stop` waits after SIGTERM before sending SIGKILL (default 10 s).
     pub fn set_grace(&mut self, grace: Duration) {
         self.grace = grace;

@@ -1,17 +1,15 @@
 //! Running skiff's own binaries: locating them in the cargo target directory, and a `skiffd`
 //! daemon with a private root and socket that is stopped (and its mounts detached) on drop.
 
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output};
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
-use crate::process::{check_output, run, wait_until, ChildProcess};
+use crate::process::{check_output, run, ChildProcess};
 
 /// Locates a binary of this workspace, in this order: the env var `NAME_BIN` (upper case,
 /// '-' → '_', e.g. `SKIFFD_BIN`), the profile directory the running test executable lives in
@@ -120,19 +118,12 @@ impl Skiffd {
         }
         command.args(&self.options.extra_args);
         command.envs(self.options.env.iter().map(|(k, v)| (k, v)));
-        let mut process =
-            ChildProcess::spawn("skiffd", &mut command, &self.dir.path().join("skiffd.log"))?;
-        let socket = &self.socket;
-        let ready = wait_until("skiffd socket to accept", Duration::from_secs(30), || {
-            process.ensure_running()?;
-            Ok(UnixStream::connect(socket).is_ok())
-        });
-        if let Err(e) = ready {
-            let log = process.log_tail(40);
-            drop(process);
-            return Err(e.context(format!("skiffd log:\n{log}")));
-        }
-        self.process = Some(process);
+        self.process = Some(ChildProcess::spawn_listening(
+            "skiffd",
+            &mut command,
+            &self.dir.path().join("skiffd.log"),
+            &self.socket,
+        )?);
         Ok(())
     }
 

@@ -8,13 +8,11 @@
 //! PATH. Debian ships stargz-snapshotter's library but not this daemon; `bench/peers/stargz/build.sh`
 //! builds it from the Debian sources.
 
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use skiff_tests::{wait_until, ChildProcess, Containerd, ContainerdConfig, ProxyPlugin};
+use skiff_tests::{ChildProcess, Containerd, ContainerdConfig, ProxyPlugin};
 use tempfile::TempDir;
 
 use super::{containerd_start, daemons_for, Mode, StartTimes, Temperature, Workload};
@@ -23,14 +21,6 @@ use super::{containerd_start, daemons_for, Mode, StartTimes, Temperature, Worklo
 pub const BINARY: &str = "containerd-stargz-grpc";
 /// Names the daemon's binary when it is not on PATH.
 pub const BIN_VAR: &str = "CONTAINERD_STARGZ_GRPC_BIN";
-
-/// Where the daemon is, if it is on this machine.
-pub fn find_binary() -> Option<PathBuf> {
-    match std::env::var_os(BIN_VAR) {
-        Some(path) => skiff_tests::prereq::find_on_path(&path.to_string_lossy()),
-        None => skiff_tests::prereq::find_on_path(BINARY),
-    }
-}
 
 /// A running `containerd-stargz-grpc` with its own root, socket and config; dropping it stops it
 /// (SIGTERM: it unmounts its layers), detaches what it left mounted and removes its directory.
@@ -59,10 +49,15 @@ fn toml_quote(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 
-/// The daemon found by [`find_binary`], or an error saying how to get it.
+/// The daemon, `CONTAINERD_STARGZ_GRPC_BIN` or `containerd-stargz-grpc` on PATH, or an error saying how
+/// to get it (or `ctr-remote`, which the mode pulls with).
 pub fn binary() -> Result<PathBuf> {
     skiff_tests::require(&["ctr-remote"])?;
-    find_binary().with_context(|| {
+    let found = match std::env::var_os(BIN_VAR) {
+        Some(path) => skiff_tests::prereq::find_on_path(&path.to_string_lossy()),
+        None => skiff_tests::prereq::find_on_path(BINARY),
+    };
+    found.with_context(|| {
         format!(
             "mode stargz needs stargz-snapshotter's daemon `{BINARY}` on PATH or in {BIN_VAR}; \
              `bash bench/peers/stargz/build.sh` builds it from Debian's sources"
@@ -82,7 +77,7 @@ impl StargzSnapshotter {
         let config = dir.path().join("config.toml");
         std::fs::write(&config, config_toml(host, background_fetch))?;
         let socket = dir.path().join("stargz.sock");
-        let mut process = ChildProcess::spawn(
+        let process = ChildProcess::spawn_listening(
             BINARY,
             Command::new(binary)
                 .arg("--address")
@@ -92,21 +87,15 @@ impl StargzSnapshotter {
                 .arg("--config")
                 .arg(&config),
             &dir.path().join("stargz.log"),
-        )?;
-        let ready = wait_until(
-            "the stargz snapshotter's socket to accept",
-            Duration::from_secs(30),
-            || {
-                process.ensure_running()?;
-                Ok(UnixStream::connect(&socket).is_ok())
-            },
+            &socket,
         );
-        if let Err(e) = ready {
-            let log = process.log_tail(40);
-            drop(process);
-            skiff_tests::unmount_all_under(dir.path());
-            return Err(e.context(format!("{BINARY} log:\n{log}")));
-        }
+        let process = match process {
+            Ok(process) => process,
+            Err(e) => {
+                skiff_tests::unmount_all_under(dir.path());
+                return Err(e);
+            }
+        };
         Ok(StargzSnapshotter {
             process: Some(process),
             dir,
