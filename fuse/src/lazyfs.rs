@@ -190,11 +190,14 @@ pub struct LazyLayer {
     directory_misses: Mutex<HashMap<Ino, DirectoryMisses>>,
 }
 
-/// The small files of a directory that reads missed on, and how many make a directory fetch.
-struct DirectoryMisses {
-    files: HashSet<Ino>,
-    trigger: usize,
-    fetched: bool,
+/// A directory's progress towards its one directory fetch.
+enum DirectoryMisses {
+    /// The small files reads missed on so far, and how many make the fetch.
+    Counting {
+        files: HashSet<Ino>,
+        trigger: usize,
+    },
+    Fetched,
 }
 
 /// A directory fetch starts once the reads have missed on this share of the directory's small files
@@ -699,20 +702,20 @@ impl LazyLayer {
                 .directory_misses
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            let state = misses.entry(dir).or_insert_with(|| DirectoryMisses {
-                files: HashSet::new(),
-                trigger: (siblings().count() / DIRECTORY_FETCH_SHARE).max(2),
-                fetched: false,
-            });
-            if state.fetched {
+            let state = misses
+                .entry(dir)
+                .or_insert_with(|| DirectoryMisses::Counting {
+                    files: HashSet::new(),
+                    trigger: (siblings().count() / DIRECTORY_FETCH_SHARE).max(2),
+                });
+            let DirectoryMisses::Counting { files, trigger } = state else {
+                return None;
+            };
+            files.insert(node.ino);
+            if files.len() < *trigger {
                 return None;
             }
-            state.files.insert(node.ino);
-            if state.files.len() < state.trigger {
-                return None;
-            }
-            state.fetched = true;
-            state.files = HashSet::new();
+            *state = DirectoryMisses::Fetched;
         }
         let mut files: Vec<&Node> = siblings().filter(|n| n.ino != node.ino).collect();
         files.sort_by_key(|sibling| sibling.chunks[0].compressed.start);
