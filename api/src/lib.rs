@@ -1,7 +1,7 @@
-//! skiff's gRPC protocol (`skiff.v1`), containerd's snapshots.v1 protocol (`containerd`), the key scheme
-//! of skiff's own snapshots (`snapshot_keys`), and what skiffd and the `skiff` CLI both need to speak them
-//! over a unix socket. This crate is deliberately small: the CLI links it and nothing of the daemon (no
-//! RocksDB, no FUSE, no registry client).
+//! skiff's gRPC protocol (`skiff.v1`), containerd's snapshots.v1 protocol (`containerd`), and what skiffd
+//! and the `skiff` CLI both need to speak them over a unix socket (the key scheme of skiff's own
+//! snapshots is `skiff_types::snapshot_key`). This crate is deliberately small: the CLI links it and
+//! nothing of the daemon (no RocksDB, no FUSE, no registry client).
 
 pub mod v1 {
     //! Generated messages, clients and servers of `proto/skiff/v1/skiff.proto`.
@@ -30,8 +30,6 @@ pub mod containerd {
 
     pub use services::snapshots;
 }
-
-pub mod snapshot_keys;
 
 use std::path::{Path, PathBuf};
 
@@ -70,19 +68,4 @@ pub struct ConnectError {
     pub source: tonic::transport::Error,
 }
 
-/// An error and its sources as one line, `outer: inner: innermost`, for the edges that show errors to people
-/// (gRPC status messages, a binary's last words). A source whose text the outer message already contains is
-/// not repeated.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(err) = cause {
-        let line = err.to_string();
-        if !text.contains(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        cause = err.source();
-    }
-    text
-}
+pub use skiff_types::error_chain;

@@ -2,7 +2,7 @@
 //! attaches the remote-snapshotter labels, so a remote snapshotter (skiffd, as containerd's proxy
 //! snapshotter) can serve lazy layers without containerd downloading them.
 //!
-//! The CLI resolves the reference itself (skiff-fuse's registry client: manifest and config only), then,
+//! The CLI resolves the reference itself (skiff-registry's client: manifest and config only), then,
 //! inside a containerd lease: writes index, manifest and config into containerd's content store with the
 //! `containerd.io/gc.ref.content.*` labels that keep them alive; for each layer, asks containerd's Snapshots
 //! service to `Prepare` an extraction snapshot labelled with the layer's chain id and the `cri.*` labels. An
@@ -14,7 +14,6 @@
 //! It speaks only containerd's public gRPC API (the `containerd-client` crate); it knows nothing of skiffd.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,11 +22,11 @@ use containerd_client::services::v1 as api;
 use containerd_client::services::v1::snapshots as snapshots_api;
 use containerd_client::types as ctypes;
 use futures::StreamExt;
-use sha2::{Digest as _, Sha256};
-use skiff_fuse::registry::{
-    BlobStream, Credentials, Descriptor, ImageIndex, Reference, RegistryClient, RegistryConfig,
-    ResolvedImage,
+use skiff_registry::{
+    BlobStream, Credentials, Descriptor, ImageIndex, LayerDescriptor, Reference, RegistryClient,
+    RegistryConfig, ResolvedImage,
 };
+use skiff_types::{ChainId, Digest, RemoteLayer};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::transport::Channel;
@@ -42,15 +41,6 @@ const LEASE_HEADER: &str = "containerd-lease";
 /// Where containerd listens by default.
 pub const DEFAULT_CONTAINERD_ADDRESS: &str = "/run/containerd/containerd.sock";
 
-const LABEL_SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
-const LABEL_CRI_IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
-const LABEL_CRI_MANIFEST_DIGEST: &str = "containerd.io/snapshot/cri.manifest-digest";
-const LABEL_CRI_LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
-const LABEL_CRI_IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
-/// Layer annotations with this prefix become snapshot labels, as containerd's unpacker passes them.
-const INHERITED_LABEL_PREFIX: &str = "containerd.io/snapshot/";
-/// containerd refuses a label whose key and value together are longer.
-const MAX_LABEL_BYTES: usize = 4096;
 /// The largest piece of a blob sent in one `Content.Write` message (containerd accepts 16 MiB messages).
 const WRITE_CHUNK_BYTES: usize = 1 << 20;
 
@@ -97,70 +87,29 @@ impl LayerOutcome {
     }
 }
 
-/// `chain(L1) = diffid(L1)`, `chain(L1..Ln) = sha256(chain(L1..Ln-1) + " " + diffid(Ln))`.
-pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut chain: Vec<String> = Vec::with_capacity(diff_ids.len());
-    for diff_id in diff_ids {
-        let next = match chain.last() {
-            None => diff_id.clone(),
-            Some(parent) => {
-                let hash = Sha256::digest(format!("{parent} {diff_id}").as_bytes());
-                let mut id = String::from("sha256:");
-                for byte in hash {
-                    let _ = write!(id, "{byte:02x}");
-                }
-                id
-            }
-        };
-        chain.push(next);
-    }
-    chain
-}
-
-/// The `cri.image-layers` value for layer `index`: its digest and the ones after it, as many as fit in a
-/// containerd label (as CRI does).
-fn image_layers_label(layers: &[Descriptor], index: usize) -> String {
-    let mut value = String::new();
-    for layer in &layers[index..] {
-        let item = layer.digest().to_string();
-        let extra = if value.is_empty() { 0 } else { 1 };
-        if LABEL_CRI_IMAGE_LAYERS.len() + value.len() + extra + item.len() > MAX_LABEL_BYTES {
-            break;
-        }
-        if extra == 1 {
-            value.push(',');
-        }
-        value.push_str(&item);
-    }
-    value
-}
-
-/// The labels of the extraction snapshot of layer `index`: the layer's inherited annotations, the chain
-/// id it is committed under, and CRI's remote-snapshot labels.
+/// The labels of the extraction snapshot of layer `index`, as containerd's unpacker sends them for CRI:
+/// the chain id it is committed under, the remote-snapshot labels (`skiff_types`' codec) and the layer's
+/// inherited annotations.
 fn prepare_labels(
     image_ref: &str,
-    manifest_digest: &str,
-    layers: &[Descriptor],
+    manifest_digest: Digest,
+    layers: &[LayerDescriptor],
     index: usize,
-    chain_id: &str,
+    chain_id: &ChainId,
 ) -> HashMap<String, String> {
     let layer = &layers[index];
-    let mut labels: HashMap<String, String> = layer
-        .annotations()
-        .iter()
-        .flatten()
-        .filter(|(key, _)| key.starts_with(INHERITED_LABEL_PREFIX))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    labels.insert(LABEL_SNAPSHOT_REF.into(), chain_id.into());
-    labels.insert(LABEL_CRI_IMAGE_REF.into(), image_ref.into());
-    labels.insert(LABEL_CRI_MANIFEST_DIGEST.into(), manifest_digest.into());
-    labels.insert(LABEL_CRI_LAYER_DIGEST.into(), layer.digest().to_string());
-    labels.insert(
-        LABEL_CRI_IMAGE_LAYERS.into(),
-        image_layers_label(layers, index),
-    );
-    labels
+    RemoteLayer {
+        target: chain_id.to_string(),
+        image_ref: image_ref.to_owned(),
+        layer_digest: layer.digest,
+        manifest_digest: Some(manifest_digest),
+        image_layers: layers[index..].iter().map(|layer| layer.digest).collect(),
+        annotations: layer.annotations.clone(),
+        plain_http: false,
+    }
+    .to_labels()
+    .into_iter()
+    .collect()
 }
 
 /// The content labels that make containerd's garbage collector keep a manifest's config and layers.
@@ -180,7 +129,7 @@ fn manifest_gc_labels(resolved: &ResolvedImage) -> HashMap<String, String> {
 }
 
 /// The diff ids (`rootfs.diff_ids`) of an image config.
-fn diff_ids(config: &[u8]) -> anyhow::Result<Vec<String>> {
+fn diff_ids(config: &[u8]) -> anyhow::Result<Vec<Digest>> {
     let value: serde_json::Value =
         serde_json::from_slice(config).context("image config is not JSON")?;
     value["rootfs"]["diff_ids"]
@@ -189,13 +138,7 @@ fn diff_ids(config: &[u8]) -> anyhow::Result<Vec<String>> {
         .iter()
         .map(|d| {
             let d = d.as_str().context("a diff id is not a string")?;
-            ensure!(
-                d.strip_prefix("sha256:").is_some_and(
-                    |hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
-                ),
-                "diff id {d:?} is not a sha256 digest"
-            );
-            Ok(d.to_owned())
+            d.parse::<Digest>().context("a diff id")
         })
         .collect()
 }
@@ -538,9 +481,9 @@ async fn pull(
         layers.len(),
         diff_ids.len()
     );
-    let chain = chain_ids(&diff_ids);
+    let chain = ChainId::chain(&diff_ids);
     let image_ref = reference.to_string();
-    let manifest_digest = resolved.manifest.digest().to_string();
+    let manifest_digest = resolved.manifest_digest.to_string();
 
     // Config, manifest, then index: each parent labelled with the children the collector must keep.
     let bytes_body = |bytes: bytes::Bytes| async move {
@@ -589,8 +532,18 @@ async fn pull(
 
     let mut outcomes = Vec::with_capacity(layers.len());
     for (i, layer) in layers.iter().enumerate() {
-        let parent = if i == 0 { "" } else { chain[i - 1].as_str() };
-        let labels = prepare_labels(&image_ref, &manifest_digest, layers, i, &chain[i]);
+        let parent = if i == 0 {
+            String::new()
+        } else {
+            chain[i - 1].to_string()
+        };
+        let labels = prepare_labels(
+            &image_ref,
+            resolved.manifest_digest,
+            &resolved.layers,
+            i,
+            &chain[i],
+        );
         let (outcome, fetched) = unpack_layer(
             containerd,
             snapshotter,
@@ -599,8 +552,8 @@ async fn pull(
                 reference,
                 layer,
                 diff_id: &diff_ids[i],
-                chain_id: &chain[i],
-                parent,
+                chain_id: &chain[i].to_string(),
+                parent: &parent,
                 labels,
             },
         )
@@ -622,7 +575,7 @@ async fn pull(
                 resolved.config.digest().as_ref(),
                 HashMap::from([(
                     format!("containerd.io/gc.ref.snapshot.{snapshotter}"),
-                    top.clone(),
+                    top.to_string(),
                 )]),
             )
             .await?;
@@ -636,7 +589,7 @@ struct LayerJob<'a> {
     registry: &'a RegistryClient,
     reference: &'a Reference,
     layer: &'a Descriptor,
-    diff_id: &'a str,
+    diff_id: &'a Digest,
     chain_id: &'a str,
     parent: &'a str,
     labels: HashMap<String, String>,
@@ -734,7 +687,7 @@ async fn apply_and_commit(
         .applied
         .context("containerd's diff service answered no descriptor")?;
     ensure!(
-        applied.digest == job.diff_id,
+        applied.digest == job.diff_id.to_string(),
         "applying the layer gave diff id {} but the config says {}",
         applied.digest,
         job.diff_id
@@ -807,40 +760,16 @@ mod tests {
         format!("sha256:{}", format!("{n:02x}").repeat(32))
     }
 
-    #[test]
-    fn chain_ids_follow_the_oci_definition() {
-        let ids = chain_ids(&[digest(1), digest(2), digest(3)]);
-        assert_eq!(ids[0], digest(1));
-        let second = Sha256::digest(format!("{} {}", digest(1), digest(2)).as_bytes());
-        assert_eq!(ids[1], format!("sha256:{}", hex_of(&second)));
-        let third = Sha256::digest(format!("{} {}", ids[1], digest(3)).as_bytes());
-        assert_eq!(ids[2], format!("sha256:{}", hex_of(&third)));
-        assert!(chain_ids(&[]).is_empty());
-    }
-
-    fn hex_of(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    #[test]
-    fn chain_id_matches_a_known_value() {
-        // sha256("sha256:a000… sha256:b000…"), computed outside this code.
-        let a = "sha256:a".to_string() + &"0".repeat(63);
-        let b = "sha256:b".to_string() + &"0".repeat(63);
-        assert_eq!(
-            chain_ids(&[a, b])[1],
-            "sha256:73adce8fecb4776739b11dbd0e35a8007b6bca7af6ba22949cd8e7b15e5c19b6"
-        );
-    }
-
-    fn layer(n: u8, annotations: &[(&str, &str)]) -> Descriptor {
-        let json = serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": digest(n),
-            "size": 10,
-            "annotations": annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>(),
-        });
-        serde_json::from_value(json).expect("descriptor")
+    fn layer(n: u8, annotations: &[(&str, &str)]) -> LayerDescriptor {
+        LayerDescriptor {
+            digest: digest(n).parse().unwrap(),
+            size: 10,
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
     }
 
     #[test]
@@ -856,13 +785,18 @@ mod tests {
             ),
             layer(3, &[]),
         ];
-        let labels = prepare_labels("reg/app:1", &digest(9), &layers, 1, "sha256:chain");
-        assert_eq!(labels[LABEL_SNAPSHOT_REF], "sha256:chain");
-        assert_eq!(labels[LABEL_CRI_IMAGE_REF], "reg/app:1");
-        assert_eq!(labels[LABEL_CRI_MANIFEST_DIGEST], digest(9));
-        assert_eq!(labels[LABEL_CRI_LAYER_DIGEST], digest(2));
+        let chain = ChainId::next(None, &digest(7).parse().unwrap());
+        let manifest: Digest = digest(9).parse().unwrap();
+        let labels = prepare_labels("reg/app:1", manifest, &layers, 1, &chain);
+        assert_eq!(labels["containerd.io/snapshot.ref"], chain.to_string());
+        assert_eq!(labels["containerd.io/snapshot/cri.image-ref"], "reg/app:1");
         assert_eq!(
-            labels[LABEL_CRI_IMAGE_LAYERS],
+            labels["containerd.io/snapshot/cri.manifest-digest"],
+            digest(9)
+        );
+        assert_eq!(labels["containerd.io/snapshot/cri.layer-digest"], digest(2));
+        assert_eq!(
+            labels["containerd.io/snapshot/cri.image-layers"],
             format!("{},{}", digest(2), digest(3))
         );
         assert_eq!(
@@ -873,22 +807,15 @@ mod tests {
     }
 
     #[test]
-    fn image_layers_label_stays_within_containerd_label_limit() {
-        let layers: Vec<Descriptor> = (0..100).map(|n| layer(n, &[])).collect();
-        let value = image_layers_label(&layers, 0);
-        assert!(LABEL_CRI_IMAGE_LAYERS.len() + value.len() <= MAX_LABEL_BYTES);
-        let listed: Vec<&str> = value.split(',').collect();
-        assert!(listed.len() > 10 && listed.len() < 100, "{}", listed.len());
-        assert_eq!(listed[0], digest(0));
-    }
-
-    #[test]
     fn diff_ids_are_read_and_checked() {
         let config =
             serde_json::json!({"rootfs": {"type": "layers", "diff_ids": [digest(1), digest(2)]}});
         assert_eq!(
             diff_ids(config.to_string().as_bytes()).unwrap(),
-            vec![digest(1), digest(2)]
+            vec![
+                digest(1).parse::<Digest>().unwrap(),
+                digest(2).parse().unwrap()
+            ]
         );
         assert!(diff_ids(br#"{"rootfs": {}}"#).is_err());
         assert!(diff_ids(br#"{"rootfs": {"diff_ids": ["md5:00"]}}"#).is_err());

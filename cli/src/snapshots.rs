@@ -2,7 +2,7 @@
 //! containerd's snapshots.v1 API on skiffd's socket.
 //!
 //! snapshots.v1 has one global key space; the keys a user types are relative to the namespace (`-n`) and
-//! stored as `skiff.ns/NAMESPACE/KEY` ([`snapshot_keys::namespaced`]). Image layer snapshots
+//! stored as `skiff.ns/NAMESPACE/KEY` ([`SnapshotKey::namespaced`]). Image layer snapshots
 //! (`skiff.image/<chain id>`) belong to no namespace: they are typed and shown as they are, in every
 //! namespace, and are the usual parents. Snapshots of other namespaces and containerd's own are never shown.
 
@@ -14,7 +14,8 @@ use anyhow::{anyhow, bail, Context};
 use clap::Subcommand;
 use skiff_api::containerd::snapshots::v1::{self as api, snapshots_client::SnapshotsClient};
 use skiff_api::containerd::types::Mount;
-use skiff_api::snapshot_keys::{self, IMAGE_PREFIX};
+use skiff_types::snapshot_key::{visible_key, IMAGE_PREFIX, NAMESPACE_PREFIX};
+use skiff_types::SnapshotKey;
 use tonic::transport::Channel;
 
 use crate::output;
@@ -134,7 +135,7 @@ impl<'a> Keys<'a> {
         if key.starts_with(IMAGE_PREFIX) {
             Ok(key.to_string())
         } else {
-            Ok(snapshot_keys::namespaced(self.namespace, key))
+            Ok(SnapshotKey::namespaced(self.namespace, key)?.into())
         }
     }
 
@@ -148,7 +149,7 @@ impl<'a> Keys<'a> {
 
     /// What the namespace shows of a stored key, `None` for keys it does not see.
     fn visible(&self, full_key: &str) -> Option<String> {
-        snapshot_keys::visible_key(self.namespace, full_key)
+        visible_key(self.namespace, full_key)
     }
 
     /// A stored key as shown in output: the visible key, or the stored key when the namespace does not
@@ -164,7 +165,7 @@ impl<'a> Keys<'a> {
         if status.code() == tonic::Code::NotFound {
             return anyhow!("snapshot {missing} not found");
         }
-        let prefix = snapshot_keys::namespaced(self.namespace, "");
+        let prefix = format!("{NAMESPACE_PREFIX}{}/", self.namespace);
         let message = output::status(status).to_string().replace(&prefix, "");
         anyhow!("{action}: {message}")
     }

@@ -372,7 +372,7 @@ impl Filesystem for LayerFs {
 pub enum MountError {
     #[error("cannot mount layer {digest} at {}", mountpoint.display())]
     Mount {
-        digest: String,
+        digest: skiff_types::Digest,
         mountpoint: PathBuf,
         #[source]
         source: std::io::Error,
@@ -422,7 +422,7 @@ impl MountedLayer {
         let session = fuser::Session::new(fs, mountpoint, &config)
             .and_then(fuser::Session::spawn)
             .map_err(|source| MountError::Mount {
-                digest: layer.descriptor().digest.clone(),
+                digest: layer.descriptor().digest,
                 mountpoint: mountpoint.to_path_buf(),
                 source,
             })?;

@@ -11,9 +11,9 @@ use tracing::{info, warn};
 
 use crate::adapter::{MountError, MountedLayer};
 use crate::cache::ChunkStore;
-use crate::fetch::{RegistryBlob, StatsSnapshot};
-use crate::lazyfs::{ChunkCounts, LayerConfig, LayerDescriptor, LazyLayer, OpenError};
-use crate::registry::{Digest, Reference, RegistryClient};
+use crate::fetch::{BlobSource, SharedStore, StatsSnapshot};
+use crate::lazyfs::{ChunkCounts, LayerConfig, LazyLayer, OpenError};
+use skiff_types::{Digest, LayerDescriptor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -21,8 +21,6 @@ pub enum ManagerError {
     Open(#[from] OpenError),
     #[error(transparent)]
     Mount(#[from] MountError),
-    #[error("layer digest {digest:?} is not a sha256 digest")]
-    InvalidDigest { digest: String },
     #[error("{} already has a lazy layer mounted", mountpoint.display())]
     AlreadyMounted { mountpoint: PathBuf },
     #[error("no lazy layer is mounted at {}", mountpoint.display())]
@@ -40,7 +38,7 @@ impl ManagerError {
 #[derive(Debug, Clone)]
 pub struct MountedInfo {
     pub mountpoint: PathBuf,
-    pub layer_digest: String,
+    pub layer_digest: Digest,
     pub stats: StatsSnapshot,
     pub total_file_bytes: u64,
     /// The layer's distinct chunks and how many are in the chunk store, counted when asked.
@@ -48,7 +46,9 @@ pub struct MountedInfo {
 }
 
 pub struct LayerManager {
-    store: ChunkStore,
+    /// Shared by every layer mounted here, with its readers: one layer's background fetching yields to
+    /// readers of all of them.
+    store: SharedStore,
     config: LayerConfig,
     runtime: Handle,
     mounts: Mutex<BTreeMap<PathBuf, MountedLayer>>,
@@ -57,7 +57,7 @@ pub struct LayerManager {
 impl LayerManager {
     pub fn new(store: ChunkStore, config: LayerConfig, runtime: Handle) -> Self {
         LayerManager {
-            store,
+            store: SharedStore::new(store),
             config,
             runtime,
             mounts: Mutex::new(BTreeMap::new()),
@@ -69,16 +69,15 @@ impl LayerManager {
     }
 
     pub fn store(&self) -> &ChunkStore {
-        &self.store
+        self.store.store()
     }
 
-    /// Opens `layer` of the image `reference` from its TOC and mounts it read-only at `mountpoint`.
+    /// Opens `layer`, whose bytes `source` reads, from its TOC and mounts it read-only at `mountpoint`.
     /// A layer without a lazy format fails with an error for which `is_not_lazy()` holds.
     pub async fn mount(
         &self,
-        client: RegistryClient,
-        reference: Reference,
-        layer: LayerDescriptor,
+        source: Arc<dyn BlobSource>,
+        layer: &LayerDescriptor,
         mountpoint: &Path,
     ) -> Result<Arc<LazyLayer>, ManagerError> {
         if self.mounts().contains_key(mountpoint) {
@@ -86,14 +85,7 @@ impl LayerManager {
                 mountpoint: mountpoint.to_path_buf(),
             });
         }
-        let digest: Digest = layer
-            .digest
-            .parse()
-            .map_err(|_| ManagerError::InvalidDigest {
-                digest: layer.digest.clone(),
-            })?;
-        let source = Arc::new(RegistryBlob::new(client, reference, digest, layer.size));
-        let lazy = LazyLayer::open(source, &layer, self.store.clone(), &self.config).await?;
+        let lazy = LazyLayer::open(source, layer, self.store.clone(), &self.config).await?;
         let mounted = MountedLayer::mount(Arc::clone(&lazy), mountpoint, self.runtime.clone())?;
         let mut mounts = self.mounts();
         if mounts.contains_key(mountpoint) {
@@ -157,7 +149,7 @@ impl LayerManager {
     fn info_of(mountpoint: PathBuf, layer: &LazyLayer) -> MountedInfo {
         MountedInfo {
             mountpoint,
-            layer_digest: layer.descriptor().digest.clone(),
+            layer_digest: layer.descriptor().digest,
             stats: layer.stats().snapshot(),
             total_file_bytes: layer.tree().total_file_bytes(),
             chunks: layer.chunk_counts(),

@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-use skiff_fuse::cache::{CacheConfig, CacheError, CacheStats, ChunkDigest, ChunkStore};
+use skiff_fuse::cache::{CacheConfig, CacheError, CacheStats, ChunkStore};
+use skiff_types::Digest;
 
 /// A chunk of `len` (≥ 4) bytes unique to `seed`, with its digest.
-fn chunk(seed: u32, len: usize) -> (ChunkDigest, Vec<u8>) {
+fn chunk(seed: u32, len: usize) -> (Digest, Vec<u8>) {
     let mut data = seed.to_le_bytes().to_vec();
     data.extend((4..len).map(|i| (i * 7 + i / 251) as u8));
-    (ChunkDigest::of(&data), data)
+    (Digest::of(&data), data)
 }
 
 fn config(memory_bytes: u64, disk_bytes: Option<u64>) -> CacheConfig {
@@ -104,7 +105,7 @@ fn insert_then_get_round_trips_through_memory_and_disk() {
 fn empty_chunks_are_stored_too() {
     let dir = tempfile::tempdir().unwrap();
     let store = ChunkStore::open(dir.path(), CacheConfig::default()).unwrap();
-    let digest = ChunkDigest::of(b"");
+    let digest = Digest::of(b"");
     store.insert(&digest, b"").unwrap();
     assert_eq!(store.get(&digest).unwrap().as_deref(), Some(&b""[..]));
     assert_consistent(&store);
@@ -408,7 +409,7 @@ fn open_removes_stale_temp_files_and_foreign_files() {
         let store = ChunkStore::open(dir.path(), CacheConfig::default()).unwrap();
         store.insert(&digest, &data).unwrap();
     }
-    let hex = digest.to_hex();
+    let hex = digest.hex();
     let fanout = dir.path().join("sha256").join(&hex[..2]);
     let stale = [
         dir.path().join("tmp").join(format!("{hex}.1.0.tmp")),
@@ -453,7 +454,7 @@ fn inserting_the_same_digest_twice_stores_one_file() {
     store.insert(&digest, &data).unwrap();
     // The same bytes under a second "layer" are the same chunk.
     let copy = data.clone();
-    store.insert(&ChunkDigest::of(&copy), &copy).unwrap();
+    store.insert(&Digest::of(&copy), &copy).unwrap();
     assert_eq!(files_under(&dir.path().join("sha256")).len(), 1);
     let stats = store.stats();
     assert_eq!(

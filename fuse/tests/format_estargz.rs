@@ -27,7 +27,7 @@ fn open(blob: &[u8]) -> Result<(FileTree, String), FormatError> {
         &Limits::default(),
     )?;
     tree.check_invariants().unwrap();
-    Ok((tree, digest))
+    Ok((tree, digest.to_string()))
 }
 
 #[test]
@@ -192,6 +192,6 @@ fn damaged_blobs_fail_cleanly() {
     let span = &corrupt[chunk.compressed.start as usize..chunk.compressed.end as usize];
     if let Ok(data) = skiff_fuse::format::decompress_chunk(Compression::Gzip, span, chunk.size) {
         use sha2::Digest;
-        assert_ne!(sha2::Sha256::digest(&data)[..], chunk.digest[..]);
+        assert_ne!(sha2::Sha256::digest(&data)[..], chunk.digest.as_bytes()[..]);
     }
 }

@@ -28,7 +28,7 @@ fn open(blob: &[u8], position: &str) -> Result<(FileTree, String), FormatError> 
         &Limits::default(),
     )?;
     tree.check_invariants().unwrap();
-    Ok((tree, digest))
+    Ok((tree, digest.to_string()))
 }
 
 #[test]

@@ -17,17 +17,17 @@ use format_common::*;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use nix::errno::Errno;
-use skiff_fuse::cache::{CacheConfig, ChunkDigest, ChunkStore};
+use skiff_fuse::cache::{CacheConfig, ChunkStore};
 use skiff_fuse::fetch::{
     BackgroundConfig, BlobSource, ChunkFetcher, FetchConfig, FetchError, LayerStats, MemoryBlob,
-    Priority, SourceError,
+    Priority, SharedStore, SourceError,
 };
 use skiff_fuse::format::chunk::Compression;
 use skiff_fuse::format::tree::{ChunkRef, Ino, NodeKind, OPAQUE_XATTR, ROOT_INO};
 use skiff_fuse::format::{estargz, zstd_chunked, FormatError};
-use skiff_fuse::lazyfs::{
-    FsError, LayerConfig, LayerDescriptor, LayerFormat, LazyLayer, OpenError,
-};
+use skiff_fuse::lazyfs::{FsError, LayerConfig, LayerFormat, LazyLayer, OpenError};
+use skiff_types::Digest;
+use skiff_types::LayerDescriptor;
 use tempfile::TempDir;
 
 // ---------------------------------------------------------------------------------------------------
@@ -210,8 +210,8 @@ fn quiet() -> LayerConfig {
             prefetch: false,
             background: None,
             max_readahead_bytes: 0,
-            neighbour_bytes: 0,
-            directory_bytes: 0,
+            neighbour_bytes: None,
+            directory_bytes: None,
             ..FetchConfig::default()
         },
     }
@@ -221,8 +221,8 @@ fn quiet() -> LayerConfig {
 fn reads_only(fetch: FetchConfig) -> LayerConfig {
     with_fetch(FetchConfig {
         max_readahead_bytes: 0,
-        neighbour_bytes: 0,
-        directory_bytes: 0,
+        neighbour_bytes: None,
+        directory_bytes: None,
         ..fetch
     })
 }
@@ -236,7 +236,7 @@ fn with_fetch(fetch: FetchConfig) -> LayerConfig {
 
 fn estargz_descriptor(blob: &EstargzBlob) -> LayerDescriptor {
     LayerDescriptor {
-        digest: sha256_digest(&blob.bytes),
+        digest: Digest::of(&blob.bytes),
         size: blob.bytes.len() as u64,
         media_type: GZIP_LAYER.into(),
         annotations: BTreeMap::from([(
@@ -248,7 +248,7 @@ fn estargz_descriptor(blob: &EstargzBlob) -> LayerDescriptor {
 
 fn zstd_descriptor(blob: &ZstdChunkedBlob) -> LayerDescriptor {
     LayerDescriptor {
-        digest: sha256_digest(&blob.bytes),
+        digest: Digest::of(&blob.bytes),
         size: blob.bytes.len() as u64,
         media_type: ZSTD_LAYER.into(),
         annotations: BTreeMap::from([
@@ -270,11 +270,12 @@ fn new_store() -> (TempDir, ChunkStore) {
     (dir, store)
 }
 
-/// One opened layer over a counting source, with its own chunk store.
+/// One opened layer over a counting source, with its own chunk store (shared with the layer's readers,
+/// so a second layer opened on it yields to them).
 struct Fixture {
     source: Arc<CountingBlob>,
     layer: Arc<LazyLayer>,
-    store: ChunkStore,
+    store: SharedStore,
     blob_len: u64,
     _dir: TempDir,
 }
@@ -282,6 +283,7 @@ struct Fixture {
 impl Fixture {
     async fn estargz(items: &[Item], chunk_size: usize, config: LayerConfig) -> Fixture {
         let (dir, store) = new_store();
+        let store = SharedStore::new(store);
         let blob = build_estargz(items, chunk_size);
         let source = CountingBlob::new("estargz", blob.bytes.clone());
         let layer = LazyLayer::open(
@@ -303,6 +305,7 @@ impl Fixture {
 
     async fn zstd_chunked(items: &[Item], chunk_size: usize, config: LayerConfig) -> Fixture {
         let (dir, store) = new_store();
+        let store = SharedStore::new(store);
         let blob = build_zstd_chunked(items, chunk_size);
         let source = CountingBlob::new("zstd", blob.bytes.clone());
         let layer = LazyLayer::open(
@@ -336,7 +339,7 @@ impl Fixture {
     }
 
     fn cached(&self, chunk: &ChunkRef) -> bool {
-        self.store.contains(&ChunkDigest(chunk.digest))
+        self.store.contains(&chunk.digest)
     }
 
     async fn read_all(&self, path: &str) -> Bytes {
@@ -950,7 +953,7 @@ async fn a_chunk_cached_while_its_fetch_was_in_flight_is_a_duplicate_fetch() {
 async fn reads_count_bytes_read_and_chunk_counts_follow_the_cache() {
     let items = sample_with_large();
     let fx = Fixture::estargz(&items, 4096, quiet()).await;
-    let distinct: std::collections::HashSet<[u8; 32]> =
+    let distinct: std::collections::HashSet<Digest> =
         all_chunks(&fx.layer).iter().map(|c| c.digest).collect();
     let counts = fx.layer.chunk_counts();
     assert_eq!((counts.total, counts.cached), (distinct.len() as u64, 0));
@@ -1023,7 +1026,7 @@ async fn identical_content_in_two_layers_is_fetched_once() {
     .unwrap();
     let in_a = resolve(a.tree(), "a/shared").unwrap();
     let in_b = resolve(b.tree(), "b/sub/copy").unwrap();
-    let digests = |layer: &LazyLayer, ino| -> Vec<[u8; 32]> {
+    let digests = |layer: &LazyLayer, ino| -> Vec<Digest> {
         let node = layer.tree().node(ino).unwrap();
         node.chunks.iter().map(|c| c.digest).collect()
     };
@@ -1064,7 +1067,7 @@ async fn corrupt_chunks_are_never_served_nor_cached() {
     let fx = Fixture::estargz(&items, 4096, quiet()).await;
     let big = fx.ino("bin/big");
     let chunk = fx.chunks("bin/big")[1].clone();
-    let digest = ChunkDigest(chunk.digest);
+    let digest = chunk.digest;
     assert!(chunk.compressed.end - chunk.compressed.start > 100);
     // A byte inside the deflate data of the middle chunk.
     fx.source.corrupt_byte(chunk.compressed.start + 40);
@@ -1200,7 +1203,7 @@ async fn toc_digest_is_checked_against_the_annotation() {
         }) => {
             assert_eq!(
                 (digest, expected, actual),
-                (good.digest.clone(), other, blob.toc_digest.clone())
+                (good.digest, other, blob.toc_digest.clone())
             );
         }
         other => panic!("expected a TOC digest mismatch, got {:?}", other.err()),
@@ -1270,7 +1273,7 @@ async fn zstd_chunked_manifest_checksum_is_checked() {
 async fn a_plain_gzip_layer_is_not_lazy() {
     let plain = build_plain_gzip_tar(&sample_items(false));
     let descriptor = LayerDescriptor {
-        digest: sha256_digest(&plain),
+        digest: Digest::of(&plain),
         size: plain.len() as u64,
         media_type: GZIP_LAYER.into(),
         annotations: BTreeMap::new(),
@@ -1289,7 +1292,10 @@ async fn a_plain_gzip_layer_is_not_lazy() {
     ] {
         match try_open(plain.clone(), &descriptor, &config).await {
             Err(err @ OpenError::NotLazy { .. }) => {
-                assert!(err.to_string().contains(&descriptor.digest), "{err}");
+                assert!(
+                    err.to_string().contains(&descriptor.digest.to_string()),
+                    "{err}"
+                );
             }
             other => panic!("expected NotLazy, got {:?}", other.err()),
         }
@@ -1399,7 +1405,7 @@ async fn damaged_footers_and_tocs_fail_with_clear_errors() {
         .await
         .err()
         .unwrap();
-    assert!(err.to_string().contains(&descriptor.digest));
+    assert!(err.to_string().contains(&descriptor.digest.to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1501,8 +1507,8 @@ fn prefetch_only() -> LayerConfig {
         prefetch: true,
         background: None,
         max_readahead_bytes: 0,
-        neighbour_bytes: 0,
-        directory_bytes: 0,
+        neighbour_bytes: None,
+        directory_bytes: None,
         ..FetchConfig::default()
     })
 }
@@ -1937,8 +1943,8 @@ async fn a_miss_fetches_its_neighbours_in_the_blob() {
         prefetch: false,
         background: None,
         max_readahead_bytes: 0,
-        neighbour_bytes: 4096,
-        directory_bytes: 0,
+        neighbour_bytes: Some(4096),
+        directory_bytes: None,
         ..FetchConfig::default()
     });
     let fx = Fixture::estargz(&items, 1024, config).await;
@@ -1963,8 +1969,8 @@ fn directory_config(directory_bytes: u64) -> LayerConfig {
         prefetch: false,
         background: None,
         max_readahead_bytes: 0,
-        neighbour_bytes: 0,
-        directory_bytes,
+        neighbour_bytes: None,
+        directory_bytes: Some(directory_bytes),
         ..FetchConfig::default()
     })
 }
@@ -2058,8 +2064,8 @@ fn readahead_config(max_readahead_bytes: u64) -> LayerConfig {
         prefetch: false,
         background: None,
         max_readahead_bytes,
-        neighbour_bytes: 0,
-        directory_bytes: 0,
+        neighbour_bytes: None,
+        directory_bytes: None,
         ..FetchConfig::default()
     })
 }
@@ -2187,7 +2193,7 @@ async fn cached_file_only_once_the_whole_file_is_cached() {
     fx.layer.read(big, 5000, 5000).await.unwrap();
     let (path, pin) = fx.layer.cached_file(big).unwrap().expect("wholly cached");
     assert_eq!(std::fs::read(&path).unwrap(), data);
-    assert_eq!(pin.digest(), &ChunkDigest::of(&data));
+    assert_eq!(pin.digest(), &Digest::of(&data));
     assert!(path.starts_with(fx.store.dir()));
     // Asked again: the same assembled file, not a second copy.
     let entries = fx.store.stats().disk_entries;
@@ -2200,11 +2206,7 @@ async fn cached_file_only_once_the_whole_file_is_cached() {
     assert!(fx.layer.cached_file(hosts).unwrap().is_none());
     fx.read_all("etc/hosts").await;
     let (path, _pin) = fx.layer.cached_file(hosts).unwrap().unwrap();
-    assert_eq!(
-        path,
-        fx.store
-            .path(&ChunkDigest(fx.chunks("etc/hosts")[0].digest))
-    );
+    assert_eq!(path, fx.store.path(&fx.chunks("etc/hosts")[0].digest));
     assert_eq!(std::fs::read(&path).unwrap(), b"127.0.0.1 localhost\n");
 
     // Repeated chunks assemble correctly.

@@ -22,9 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-pub use oci_spec::image::Digest;
-use oci_spec::image::DigestAlgorithm;
 use sha2::{Digest as _, Sha256};
+pub use skiff_types::Digest;
 use tokio::io::AsyncWriteExt;
 
 /// Suffix of in-flight ingest files.
@@ -33,9 +32,6 @@ const INGEST_SUFFIX: &str = ".tmp";
 /// Failures of the content store.
 #[derive(Debug, thiserror::Error)]
 pub enum ContentError {
-    /// The digest uses an algorithm other than sha256.
-    #[error("unsupported digest {digest}: only sha256 is supported")]
-    UnsupportedDigest { digest: String },
     /// No committed blob has this digest.
     #[error("blob {digest} not found")]
     NotFound { digest: Digest },
@@ -129,36 +125,24 @@ impl ContentStore {
 
     /// Where the blob for `digest` lives (or would live): `root/blobs/sha256/<hex>`.
     ///
-    /// Digests of other algorithms map to `root/blobs/<algorithm>/<encoded>`, which this store never fills.
     pub fn path(&self, digest: &Digest) -> PathBuf {
-        match digest.algorithm() {
-            DigestAlgorithm::Sha256 => self.inner.blobs.join(digest.digest()),
-            other => self
-                .inner
-                .root
-                .join("blobs")
-                .join(other.as_ref())
-                .join(digest.digest()),
-        }
+        self.inner.blobs.join(digest.hex())
     }
 
     /// Whether a committed blob with this digest exists.
     pub fn contains(&self, digest: &Digest) -> bool {
-        is_sha256(digest) && self.path(digest).is_file()
+        self.path(digest).is_file()
     }
 
     /// Size and commit time of a committed blob.
     pub fn info(&self, digest: &Digest) -> Result<BlobInfo, ContentError> {
-        check_sha256(digest)?;
         let path = self.path(digest);
         match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_file() => Ok(blob_info(digest.clone(), &meta)),
-            Ok(_) => Err(ContentError::NotFound {
-                digest: digest.clone(),
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ContentError::NotFound {
-                digest: digest.clone(),
-            }),
+            Ok(meta) if meta.is_file() => Ok(blob_info(*digest, &meta)),
+            Ok(_) => Err(ContentError::NotFound { digest: *digest }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(ContentError::NotFound { digest: *digest })
+            }
             Err(source) => Err(ContentError::Io { path, source }),
         }
     }
@@ -171,9 +155,7 @@ impl ContentStore {
         for entry in std::fs::read_dir(dir).map_err(ContentError::io(dir))? {
             let entry = entry.map_err(ContentError::io(dir))?;
             let name = entry.file_name();
-            let digest = name
-                .to_str()
-                .and_then(|hex| Digest::try_from(format!("sha256:{hex}")).ok());
+            let digest = name.to_str().and_then(|hex| Digest::from_hex(hex).ok());
             let Some(digest) = digest else {
                 tracing::warn!(path = %entry.path().display(), "ignoring foreign file in content store");
                 continue;
@@ -191,13 +173,12 @@ impl ContentStore {
                 }
             }
         }
-        blobs.sort_by(|a, b| a.digest.as_ref().cmp(b.digest.as_ref()));
+        blobs.sort_by_key(|blob| blob.digest);
         Ok(blobs)
     }
 
     /// The whole blob in memory; meant for small blobs (manifests, configs, indexes).
     pub async fn read_all(&self, digest: &Digest) -> Result<Vec<u8>, ContentError> {
-        check_sha256(digest)?;
         let path = self.path(digest);
         tokio::fs::read(&path)
             .await
@@ -206,7 +187,6 @@ impl ContentStore {
 
     /// Opens the blob for streaming reads.
     pub async fn open_blob(&self, digest: &Digest) -> Result<tokio::fs::File, ContentError> {
-        check_sha256(digest)?;
         let path = self.path(digest);
         tokio::fs::File::open(&path)
             .await
@@ -220,11 +200,10 @@ impl ContentStore {
         expected: &Digest,
         expected_size: Option<u64>,
     ) -> Result<ContentWriter, ContentError> {
-        check_sha256(expected)?;
         let unique = INGEST_COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!(
             "{}.{}.{unique}{INGEST_SUFFIX}",
-            expected.digest(),
+            expected.hex(),
             std::process::id()
         );
         let temp = self.inner.ingest.join(name);
@@ -236,7 +215,7 @@ impl ContentStore {
             .map_err(ContentError::io(&temp))?;
         Ok(ContentWriter {
             store: self.clone(),
-            expected: expected.clone(),
+            expected: *expected,
             expected_size,
             hasher: Sha256::new(),
             written: 0,
@@ -259,7 +238,6 @@ impl ContentStore {
 
     /// Removes a committed blob. Readers that already opened it keep reading the old file.
     pub fn delete(&self, digest: &Digest) -> Result<(), ContentError> {
-        check_sha256(digest)?;
         let path = self.path(digest);
         std::fs::remove_file(&path).map_err(|source| not_found_or_io(digest, path, source))
     }
@@ -289,7 +267,7 @@ impl ContentWriter {
         if let Some(expected) = self.expected_size {
             if after > expected {
                 return Err(ContentError::SizeMismatch {
-                    digest: self.expected.clone(),
+                    digest: self.expected,
                     expected,
                     actual: after,
                 });
@@ -323,18 +301,16 @@ impl ContentWriter {
         if let Some(expected) = self.expected_size {
             if self.written != expected {
                 return Err(ContentError::SizeMismatch {
-                    digest: self.expected.clone(),
+                    digest: self.expected,
                     expected,
                     actual: self.written,
                 });
             }
         }
-        let hex = hex::encode(std::mem::take(&mut self.hasher).finalize());
-        let actual = Digest::try_from(format!("sha256:{hex}"))
-            .expect("a hex-encoded sha256 is a valid digest");
+        let actual = Digest::from_hasher(std::mem::take(&mut self.hasher));
         if actual != self.expected {
             return Err(ContentError::DigestMismatch {
-                expected: self.expected.clone(),
+                expected: self.expected,
                 actual,
             });
         }
@@ -380,7 +356,7 @@ impl ContentWriter {
             .await
             .map_err(ContentError::io(&target))?;
         tracing::debug!(digest = %self.expected, size = self.written, "committed blob");
-        Ok(blob_info(self.expected.clone(), &meta))
+        Ok(blob_info(self.expected, &meta))
     }
 }
 
@@ -400,25 +376,9 @@ impl Drop for ContentWriter {
     }
 }
 
-fn is_sha256(digest: &Digest) -> bool {
-    *digest.algorithm() == DigestAlgorithm::Sha256
-}
-
-fn check_sha256(digest: &Digest) -> Result<(), ContentError> {
-    if is_sha256(digest) {
-        Ok(())
-    } else {
-        Err(ContentError::UnsupportedDigest {
-            digest: digest.to_string(),
-        })
-    }
-}
-
 fn not_found_or_io(digest: &Digest, path: PathBuf, source: io::Error) -> ContentError {
     if source.kind() == io::ErrorKind::NotFound {
-        ContentError::NotFound {
-            digest: digest.clone(),
-        }
+        ContentError::NotFound { digest: *digest }
     } else {
         ContentError::Io { path, source }
     }
@@ -448,7 +408,7 @@ mod tests {
     use super::*;
 
     fn digest_of(bytes: &[u8]) -> Digest {
-        Digest::try_from(format!("sha256:{}", hex::encode(Sha256::digest(bytes)))).unwrap()
+        Digest::of(bytes)
     }
 
     fn open_temp() -> (tempfile::TempDir, ContentStore) {
@@ -500,7 +460,7 @@ mod tests {
         assert_eq!(info.digest, digest);
         assert_eq!(info.size, data.len() as u64);
         assert!(store.contains(&digest));
-        assert_eq!(store.path(&digest), blobs_dir(&store).join(digest.digest()));
+        assert_eq!(store.path(&digest), blobs_dir(&store).join(digest.hex()));
         assert_eq!(store.read_all(&digest).await.unwrap(), data);
         assert_eq!(store.info(&digest).unwrap(), info);
         assert!(std::fs::metadata(store.path(&digest))
@@ -518,8 +478,8 @@ mod tests {
         let other = b"another blob";
         let other_digest = digest_of(other);
         store.ingest_bytes(&other_digest, other).await.unwrap();
-        let mut expected = vec![digest.clone(), other_digest.clone()];
-        expected.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
+        let mut expected = vec![digest, other_digest];
+        expected.sort();
         let listed: Vec<_> = store
             .list()
             .unwrap()
@@ -660,7 +620,6 @@ mod tests {
         let mut tasks = Vec::new();
         for _ in 0..8 {
             let store = store.clone();
-            let digest = digest.clone();
             let data = Arc::clone(&data);
             tasks.push(tokio::spawn(async move {
                 let mut writer = store.writer(&digest, Some(data.len() as u64)).await?;
@@ -680,23 +639,14 @@ mod tests {
         assert!(dir_entries(&ingest_dir(&store)).is_empty());
     }
 
-    #[tokio::test]
-    async fn other_algorithms_are_refused() {
-        let (_dir, store) = open_temp();
-        let digest = Digest::try_from(format!("sha512:{}", "a".repeat(128))).unwrap();
-        assert!(!store.contains(&digest));
-        assert!(matches!(
-            store.writer(&digest, None).await,
-            Err(ContentError::UnsupportedDigest { .. })
-        ));
-        assert!(matches!(
-            store.info(&digest),
-            Err(ContentError::UnsupportedDigest { .. })
-        ));
-        assert!(matches!(
-            store.delete(&digest),
-            Err(ContentError::UnsupportedDigest { .. })
-        ));
+    #[test]
+    fn other_algorithms_are_refused() {
+        // The store takes skiff's sha256 `Digest`: a digest of another algorithm is refused where the
+        // text is parsed, before it can name a blob.
+        let sha512 = format!("sha512:{}", "a".repeat(128));
+        assert!(sha512.parse::<Digest>().is_err());
+        let oci: oci_spec::image::Digest = sha512.parse().unwrap();
+        assert!(Digest::try_from(&oci).is_err());
     }
 
     #[test]

@@ -1,17 +1,16 @@
-//! skiff's snapshotter crate: the content store, the RocksDB metadata store, the gRPC services skiffd serves
-//! and the daemon that wires them to the registry client.
+//! skiff's snapshot core: what a node stores of images, independent of how it is served.
 //!
-//! It must not know FUSE internals: lazy layers reach the snapshots through `snapshots::RemoteLayers`;
-//! `lazy_layers` (daemon wiring) is the only module naming the lazy filesystem's types.
+//! - [`content`]: the content store, sha256-addressed blobs on disk (manifests, configs, layer blobs);
+//! - [`meta`]: the metadata store (RocksDB behind a `KvStore` trait, with an in-memory fake): namespaces,
+//!   images, content references, containers, snapshots;
+//! - [`snapshots`]: snapshots with containerd's semantics over overlayfs, including remote (lazy) layers
+//!   committed through a reservation;
+//! - [`unpack`]: applying a layer tar to a snapshot as containerd's overlayfs applier does.
+//!
+//! It knows no FUSE, no runc, no registry client and no gRPC: the daemon (`skiff-daemon`) wires those in,
+//! and lazy layers reach the snapshots only as mounts the daemon makes at a reserved directory.
 
-pub mod config;
-pub mod containers;
 pub mod content;
-pub mod daemon;
-pub mod images;
-pub mod lazy_layers;
 pub mod meta;
-pub mod service;
 pub mod snapshots;
-pub mod tasks;
 pub mod unpack;

@@ -4,14 +4,13 @@
 
 use std::time::SystemTime;
 
-use sha2::{Digest as _, Sha256};
 use skiff_snapshotter::content::{ContentError, ContentStore, Digest};
 use skiff_snapshotter::meta::{
     ContentRefRecord, DescriptorRecord, ImageRecord, Labels, MetaError, MetaStore,
 };
 
 fn digest_of(bytes: &[u8]) -> Digest {
-    Digest::try_from(format!("sha256:{}", hex::encode(Sha256::digest(bytes)))).unwrap()
+    Digest::of(bytes)
 }
 
 struct Blob {
@@ -71,7 +70,7 @@ fn collect_garbage(content: &ContentStore, meta: &MetaStore) -> usize {
     let mut deleted = 0;
     for info in content.list().unwrap() {
         if !meta
-            .content_referenced_anywhere(info.digest.as_ref())
+            .content_referenced_anywhere(&info.digest.to_string())
             .unwrap()
         {
             content.delete(&info.digest).unwrap();
@@ -129,7 +128,7 @@ async fn pull_share_remove_and_collect() {
         .get_image("default", "example.com/a:1")
         .unwrap()
         .unwrap();
-    let target = Digest::try_from(image.target.digest.as_str()).unwrap();
+    let target: Digest = image.target.digest.parse().unwrap();
     assert_eq!(content.read_all(&target).await.unwrap(), manifest_a.bytes);
 
     // The namespace cannot go while it holds the image.

@@ -1,44 +1,39 @@
-//! A remote layer is mounted (network IO) without the snapshotter's lock: other snapshot operations go on
-//! meanwhile, while the target name, its parent and its directory stay reserved: a concurrent prepare of
-//! the same target waits and gets `AlreadyExists` with one mount in all, `Cleanup` leaves the directory
-//! alone, removing the parent is refused, and a failed mount still falls back to an active snapshot.
+//! A remote layer is mounted (network IO) without the snapshotter's lock, under a reservation: other
+//! snapshot operations go on meanwhile, while the target name, its parent and its directory stay
+//! reserved: a concurrent reservation of the same target waits and finds the snapshot committed (one
+//! mount in all), `Cleanup` leaves the directory alone, removing the parent is refused, and an abandoned
+//! reservation (a layer that is not lazy) leaves nothing behind and frees the name.
 
-use std::path::Path;
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use skiff_snapshotter::meta::{Labels, MetaStore};
 use skiff_snapshotter::snapshots::{
-    RemoteError, RemoteLayer, RemoteLayers, SnapshotError, SnapshotKind, Snapshotter,
+    RemoteError, RemoteLayer, RemoteMounts, RemoteSnapshot, SnapshotError, SnapshotKind,
+    Snapshotter,
 };
 
 const LAYER: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
-/// A remote that says when a mount starts and finishes it only when told (`Ok` mounts, `Err` is
-/// `NotLazy`); it "mounts" by writing a file.
-struct GatedRemote {
-    started: Mutex<Sender<()>>,
-    release: Mutex<Receiver<bool>>,
-    mounts: Mutex<usize>,
+/// "Mounts" by writing a file; records unmounts.
+#[derive(Default)]
+struct FileMounts {
+    unmounted: Mutex<Vec<PathBuf>>,
 }
 
-impl RemoteLayers for GatedRemote {
-    fn mount(&self, layer: &RemoteLayer, mountpoint: &Path) -> Result<(), RemoteError> {
-        *self.mounts.lock().unwrap() += 1;
-        self.started.lock().unwrap().send(()).unwrap();
-        let lazy = self.release.lock().unwrap().recv().unwrap();
-        if !lazy {
-            return Err(RemoteError::NotLazy {
-                digest: layer.layer_digest.clone(),
-                reason: "no TOC".into(),
-            });
-        }
+impl FileMounts {
+    fn mount(&self, mountpoint: &Path) {
         std::fs::write(mountpoint.join("layer.txt"), "lazy").unwrap();
-        Ok(())
     }
+}
 
+impl RemoteMounts for FileMounts {
     fn unmount(&self, mountpoint: &Path) -> Result<(), RemoteError> {
+        self.unmounted
+            .lock()
+            .unwrap()
+            .push(mountpoint.to_path_buf());
         match std::fs::remove_file(mountpoint.join("layer.txt")) {
             Ok(()) => Ok(()),
             Err(_) => Err(RemoteError::NotMounted {
@@ -48,60 +43,38 @@ impl RemoteLayers for GatedRemote {
     }
 }
 
-fn layer(target: &str) -> RemoteLayer {
-    RemoteLayer {
-        target: target.into(),
-        image_ref: "127.0.0.1:5000/app:1".into(),
-        layer_digest: LAYER.into(),
-        manifest_digest: None,
-        image_layers: Vec::new(),
-        annotations: Labels::new(),
-        plain_http: false,
+fn layer(target: &str) -> RemoteSnapshot {
+    RemoteSnapshot {
+        layer: RemoteLayer {
+            target: target.into(),
+            image_ref: "127.0.0.1:5000/app:1".into(),
+            layer_digest: LAYER.parse().unwrap(),
+            manifest_digest: None,
+            image_layers: Vec::new(),
+            annotations: Labels::new(),
+            plain_http: false,
+        },
+        descriptor: None,
     }
 }
 
 struct Bed {
     _dir: tempfile::TempDir,
     snapshotter: Snapshotter,
-    remote: Arc<GatedRemote>,
-    started: Receiver<()>,
-    release: Sender<bool>,
+    mounts: Arc<FileMounts>,
 }
 
 fn bed() -> Bed {
     let dir = tempfile::tempdir().unwrap();
-    let (started_tx, started) = channel();
-    let (release, release_rx) = channel();
-    let remote = Arc::new(GatedRemote {
-        started: Mutex::new(started_tx),
-        release: Mutex::new(release_rx),
-        mounts: Mutex::new(0),
-    });
+    let mounts = Arc::new(FileMounts::default());
     let snapshotter = Snapshotter::open(&dir.path().join("snapshots"), MetaStore::in_memory())
         .unwrap()
-        .with_remote_layers(Arc::clone(&remote) as Arc<dyn RemoteLayers>);
+        .with_remote_mounts(Arc::clone(&mounts) as Arc<dyn RemoteMounts>);
     Bed {
         _dir: dir,
         snapshotter,
-        remote,
-        started,
-        release,
+        mounts,
     }
-}
-
-fn prepare_in_thread(
-    s: &Snapshotter,
-    key: &str,
-    parent: Option<&str>,
-    target: &str,
-) -> std::thread::JoinHandle<Result<Vec<skiff_snapshotter::snapshots::Mount>, SnapshotError>> {
-    let (s, key, parent, layer) = (
-        s.clone(),
-        key.to_owned(),
-        parent.map(str::to_owned),
-        layer(target),
-    );
-    std::thread::spawn(move || s.prepare_with(&key, parent.as_deref(), Labels::new(), Some(layer)))
 }
 
 #[test]
@@ -112,8 +85,10 @@ fn other_work_goes_on_while_a_layer_mounts_and_the_target_is_reserved() {
     s.prepare("p-active", None, Labels::new()).unwrap();
     s.commit("parent", "p-active", Labels::new()).unwrap();
 
-    let first = prepare_in_thread(s, "extract-1", Some("parent"), "chain");
-    bed.started.recv_timeout(Duration::from_secs(10)).unwrap();
+    let first = s
+        .reserve_remote("chain", Some("parent"), Some("extract-1"), &Labels::new())
+        .unwrap()
+        .expect("a reservation");
 
     // The lock is free: unrelated snapshots come and go during the mount.
     s.prepare("unrelated", None, Labels::new()).unwrap();
@@ -129,22 +104,26 @@ fn other_work_goes_on_while_a_layer_mounts_and_the_target_is_reserved() {
         s.remove("parent"),
         Err(SnapshotError::HasChildren { child, .. }) if child == "chain"
     ));
-    // A second prepare of the same target waits for the first mount.
-    let second = prepare_in_thread(s, "extract-2", Some("parent"), "chain");
+    // A second reservation of the same target waits for the first.
+    let second = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            s.reserve_remote("chain", Some("parent"), Some("extract-2"), &Labels::new())
+                .map(|reservation| reservation.is_some())
+        })
+    };
     std::thread::sleep(Duration::from_millis(200));
     assert!(
         !second.is_finished(),
-        "the second prepare waits for the mount in flight"
+        "the second reservation waits for the mount in flight"
     );
 
-    bed.release.send(true).unwrap();
-    for handle in [first, second] {
-        assert!(matches!(
-            handle.join().unwrap(),
-            Err(SnapshotError::AlreadyExists { key }) if key == "chain"
-        ));
-    }
-    assert_eq!(*bed.remote.mounts.lock().unwrap(), 1, "one mount for both");
+    bed.mounts.mount(&first.mountpoint());
+    first.commit(layer("chain")).unwrap();
+    assert!(
+        !second.join().unwrap().unwrap(),
+        "committed meanwhile: nothing to mount a second time"
+    );
     let info = s.stat("chain").unwrap();
     assert_eq!(
         (info.kind, info.parent.as_deref()),
@@ -159,18 +138,30 @@ fn other_work_goes_on_while_a_layer_mounts_and_the_target_is_reserved() {
         s.stat("extract-2"),
         Err(SnapshotError::NotFound { .. })
     ));
+    assert!(bed.mounts.unmounted.lock().unwrap().is_empty());
 }
 
 #[test]
-fn a_layer_that_is_not_lazy_falls_back_after_the_unlocked_mount() {
+fn an_abandoned_reservation_leaves_nothing_and_the_fallback_follows() {
     let bed = bed();
     let s = &bed.snapshotter;
-    let first = prepare_in_thread(s, "extract", None, "chain");
-    bed.started.recv_timeout(Duration::from_secs(10)).unwrap();
+    let reservation = s
+        .reserve_remote("chain", None, Some("extract"), &Labels::new())
+        .unwrap()
+        .unwrap();
+    let mountpoint = reservation.mountpoint();
     // Ids handed out during the mount never collide with the reserved one.
     s.prepare("during", None, Labels::new()).unwrap();
-    bed.release.send(false).unwrap();
-    let mounts = first.join().unwrap().unwrap();
+    // Not lazy: the reservation is dropped (anything mounted there is unmounted), then the ordinary
+    // prepare containerd unpacks into.
+    bed.mounts.mount(&mountpoint);
+    drop(reservation);
+    assert_eq!(
+        *bed.mounts.unmounted.lock().unwrap(),
+        std::slice::from_ref(&mountpoint)
+    );
+    assert!(!mountpoint.parent().unwrap().exists());
+    let mounts = s.prepare("extract", None, Labels::new()).unwrap();
     assert_eq!(mounts[0].fs_type, "bind");
     assert_eq!(s.stat("extract").unwrap().kind, SnapshotKind::Active);
     assert!(matches!(
@@ -182,18 +173,18 @@ fn a_layer_that_is_not_lazy_falls_back_after_the_unlocked_mount() {
     // The reservation is gone: the name can be taken now.
     s.prepare("chain", None, Labels::new()).unwrap();
 
-    // commit_remote (skiff's own pull) takes the same path.
-    let handle = {
-        let (s, layer) = (s.clone(), layer("pulled"));
-        std::thread::spawn(move || s.commit_remote(None, &layer, Labels::new()))
-    };
-    bed.started.recv_timeout(Duration::from_secs(10)).unwrap();
-    bed.release.send(true).unwrap();
-    assert!(handle.join().unwrap().unwrap());
+    // skiff's own pull checks the target itself, and a committed target needs no mount.
+    let pulled = s
+        .reserve_remote("pulled", None, None, &Labels::new())
+        .unwrap()
+        .unwrap();
+    bed.mounts.mount(&pulled.mountpoint());
+    pulled.commit(layer("pulled")).unwrap();
     assert!(
-        s.commit_remote(None, &layer("pulled"), Labels::new())
-            .unwrap(),
+        s.reserve_remote("pulled", None, None, &Labels::new())
+            .unwrap()
+            .is_none(),
         "exists: nothing to mount"
     );
-    assert_eq!(*bed.remote.mounts.lock().unwrap(), 2);
+    assert_eq!(s.remote_snapshots().unwrap().len(), 1);
 }

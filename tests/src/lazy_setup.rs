@@ -25,13 +25,13 @@ pub fn write_skiffd_config(dir: &Path, host: &str, background_fetch: bool) -> Re
     std::fs::write(
         &path,
         format!(
-            "[registry]\nconfig_path = {}\ndocker_config = {}\n\n{}[log]\nlevel = \"info,skiff_snapshotter=debug\"\n",
+            "[registry]\nconfig_path = {}\ndocker_config = {}\n\n{}[log]\nlevel = \"info,skiff_snapshotter=debug,skiff_daemon=debug\"\n",
             quote(&certs_d),
             quote(&docker_config),
             if background_fetch {
                 ""
             } else {
-                "[lazy]\nbackground_parallel_requests = 0\n\n"
+                "[lazy.fetch]\nbackground = false\n\n"
             },
         ),
     )?;

@@ -10,11 +10,12 @@ use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest as _, Sha256};
+use skiff_daemon::lazy_layers::RegistryBlob;
 use skiff_fuse::adapter::MountedLayer;
 use skiff_fuse::cache::{CacheConfig, ChunkStore};
-use skiff_fuse::fetch::{FetchConfig, RegistryBlob};
-use skiff_fuse::lazyfs::{LayerConfig, LayerDescriptor, LazyLayer};
-use skiff_fuse::registry::{Descriptor, Reference, RegistryClient, RegistryConfig};
+use skiff_fuse::fetch::FetchConfig;
+use skiff_fuse::lazyfs::{LayerConfig, LazyLayer};
+use skiff_registry::{Descriptor, LayerDescriptor, Reference, RegistryClient, RegistryConfig};
 use skiff_tests::{
     convert_image, every_entry_type_layers, require, Containerd, Fault, FaultProxy, ImageSpec,
     LayerSpec, LazyFormat, Registry, RegistryAuth,
@@ -269,8 +270,9 @@ async fn whole_blob(
     reference: &Reference,
     layer: &Descriptor,
 ) -> Result<Vec<u8>> {
+    let digest = LayerDescriptor::try_from(layer)?.digest;
     let range = client
-        .read_range(reference, layer.digest(), 0..layer.size())
+        .read_range(reference, &digest, 0..layer.size())
         .await?;
     Ok(range.to_vec())
 }
@@ -291,6 +293,17 @@ struct Fixture {
     via_proxy: Reference,
     direct: Reference,
     layers: Vec<Descriptor>,
+}
+
+impl Fixture {
+    /// `layer` of the converted image, read straight from the registry.
+    fn source(&self, layer: &Descriptor) -> Result<Arc<RegistryBlob>> {
+        Ok(Arc::new(RegistryBlob::new(
+            self.client.clone(),
+            self.direct.clone(),
+            &LayerDescriptor::try_from(layer)?,
+        )))
+    }
 }
 
 async fn converted_image(format: LazyFormat) -> Result<Fixture> {
@@ -345,20 +358,15 @@ async fn open_layer(
     layer: &Descriptor,
     store: &ChunkStore,
 ) -> Result<Arc<LazyLayer>> {
+    let descriptor = LayerDescriptor::try_from(layer)?;
     let source = Arc::new(RegistryBlob::new(
         client.clone(),
         reference.clone(),
-        layer.digest().clone(),
-        layer.size(),
+        &descriptor,
     ));
-    LazyLayer::open(
-        source,
-        &LayerDescriptor::from(layer),
-        store.clone(),
-        &no_background(),
-    )
-    .await
-    .with_context(|| format!("open layer {}", layer.digest()))
+    LazyLayer::open(source, &descriptor, store.clone(), &no_background())
+        .await
+        .with_context(|| format!("open layer {}", layer.digest()))
 }
 
 /// Mounts `lazy` at a new temporary directory.
@@ -714,19 +722,18 @@ async fn layer_manager_mounts_refuses_plain_layers_and_unmounts_everything() -> 
         std::fs::create_dir(&mountpoint)?;
         manager
             .mount(
-                fixture.client.clone(),
-                fixture.direct.clone(),
-                LayerDescriptor::from(layer),
+                fixture.source(layer)?,
+                &LayerDescriptor::try_from(layer)?,
                 &mountpoint,
             )
             .await?;
         mountpoints.push(mountpoint);
     }
+    let first = &fixture.layers[0];
     let again = manager
         .mount(
-            fixture.client.clone(),
-            fixture.direct.clone(),
-            LayerDescriptor::from(&fixture.layers[0]),
+            fixture.source(first)?,
+            &LayerDescriptor::try_from(first)?,
             &mountpoints[0],
         )
         .await;
@@ -749,14 +756,13 @@ async fn layer_manager_mounts_refuses_plain_layers_and_unmounts_everything() -> 
         .clone();
     let plain_dir = dirs.path().join("plain");
     std::fs::create_dir(&plain_dir)?;
-    let refused = manager
-        .mount(
-            fixture.client.clone(),
-            plain,
-            LayerDescriptor::from(&plain_layer),
-            &plain_dir,
-        )
-        .await;
+    let plain_layer = LayerDescriptor::try_from(&plain_layer)?;
+    let plain_source = Arc::new(RegistryBlob::new(
+        fixture.client.clone(),
+        plain,
+        &plain_layer,
+    ));
+    let refused = manager.mount(plain_source, &plain_layer, &plain_dir).await;
     match refused {
         Err(err) if err.is_not_lazy() => {}
         Err(err) => bail!("a plain gzip layer failed otherwise: {err:?}"),

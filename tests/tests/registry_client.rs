@@ -1,4 +1,4 @@
-//! End-to-end tests of skiff's OCI registry client (`skiff_fuse::registry::RegistryClient`) against
+//! End-to-end tests of skiff's OCI registry client (`skiff_registry::RegistryClient`) against
 //! real `docker-registry` instances started by the test bed kit: resolving tags, digests and
 //! multi-platform indexes, exact range reads and verified whole-blob streams, Basic and Bearer
 //! authentication (with token caching), `hosts.toml` mirrors with fallback to the origin, and the
@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
 use futures::StreamExt;
-use skiff_fuse::registry::{
+use skiff_registry::{
     BlobStream, Credentials, Descriptor, Platform as ClientPlatform, Reference, RegistryClient,
     RegistryConfig, RegistryError, ResolvedImage, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST,
 };
@@ -18,6 +18,11 @@ use skiff_tests::{
     HostEntry, ImageSpec, LayerSpec, MultiPlatformSpec, OciLayout, Platform, Registry,
     RegistryAuth,
 };
+
+/// The typed digest of a descriptor's (what `read_range` takes).
+fn digest_of(digest: &impl AsRef<str>) -> skiff_registry::Digest {
+    digest.as_ref().parse().expect("a sha256 digest")
+}
 
 /// Size of the generated file in the big uncompressed layer: several MiB, not a multiple of 512.
 const BIG_FILE_LEN: usize = 3 * 1024 * 1024 + 12_345;
@@ -376,7 +381,7 @@ async fn range_reads_return_exactly_the_requested_bytes() -> Result<()> {
     ];
     for (what, range) in ranges {
         let bytes = client
-            .read_range(&reference, big.digest(), range.clone())
+            .read_range(&reference, &digest_of(big.digest()), range.clone())
             .await
             .with_context(|| format!("{what} range {range:?}"))?;
         assert_eq!(
@@ -392,19 +397,21 @@ async fn range_reads_return_exactly_the_requested_bytes() -> Result<()> {
     let file = client
         .read_range(
             &reference,
-            big.digest(),
+            &digest_of(big.digest()),
             file_offset..file_offset + BIG_FILE_LEN as u64,
         )
         .await?;
     assert!(file.as_ref() == contents.as_slice(), "file contents");
 
     // An empty range needs no request; a reversed one is refused.
-    let empty = client.read_range(&reference, big.digest(), 10..10).await?;
+    let empty = client
+        .read_range(&reference, &digest_of(big.digest()), 10..10)
+        .await?;
     assert!(empty.is_empty());
     let (start, end) = (10, 5);
     match expect_err(
         client
-            .read_range(&reference, big.digest(), start..end)
+            .read_range(&reference, &digest_of(big.digest()), start..end)
             .await,
         "reversed range",
     ) {
@@ -418,7 +425,7 @@ async fn range_reads_return_exactly_the_requested_bytes() -> Result<()> {
     let m = small_blob.len() as u64;
     for range in [0..1, m / 3..m / 3 + 1000, m - 1..m, 0..m] {
         let bytes = client
-            .read_range(&reference, small.digest(), range.clone())
+            .read_range(&reference, &digest_of(small.digest()), range.clone())
             .await?;
         assert!(
             bytes.as_ref() == &small_blob[range.start as usize..range.end as usize],
@@ -465,7 +472,11 @@ async fn basic_auth_with_explicit_and_docker_config_credentials() -> Result<()> 
     assert_eq!(resolved.target.digest().to_string(), layout.digest());
     assert_matches_image(&resolved, image);
     let bytes = explicit
-        .read_range(&reference, layer(&resolved, 0).digest(), 1000..250_000)
+        .read_range(
+            &reference,
+            &digest_of(layer(&resolved, 0).digest()),
+            1000..250_000,
+        )
         .await?;
     assert!(bytes.as_ref() == &big_blob[1000..250_000]);
     assert_eq!(
@@ -485,7 +496,11 @@ async fn basic_auth_with_explicit_and_docker_config_credentials() -> Result<()> 
     let resolved = from_file.resolve(&reference).await?;
     assert_matches_image(&resolved, image);
     let bytes = from_file
-        .read_range(&reference, layer(&resolved, 1).digest(), 0..1024)
+        .read_range(
+            &reference,
+            &digest_of(layer(&resolved, 1).digest()),
+            0..1024,
+        )
         .await?;
     assert!(bytes.as_ref() == &small_blob[..1024]);
 
@@ -506,7 +521,7 @@ async fn basic_auth_with_explicit_and_docker_config_credentials() -> Result<()> 
     assert_unauthorized(
         expect_err(
             anonymous
-                .read_range(&reference, layer(&resolved, 1).digest(), 0..10)
+                .read_range(&reference, &digest_of(layer(&resolved, 1).digest()), 0..10)
                 .await,
             "anonymous range read",
         ),
@@ -596,7 +611,7 @@ async fn bearer_auth_fetches_and_caches_tokens() -> Result<()> {
         let start = i * (n / 10);
         let range = start..(start + 4096 + i * 1000).min(n);
         let bytes = client
-            .read_range(&reference, big.digest(), range.clone())
+            .read_range(&reference, &digest_of(big.digest()), range.clone())
             .await?;
         assert!(
             bytes.as_ref() == &big_blob[range.start as usize..range.end as usize],
@@ -690,7 +705,7 @@ async fn hosts_toml_mirror_is_used_and_origin_takes_over_when_it_is_down() -> Re
     assert_matches_image(&resolved, image);
     let big = layer(&resolved, 0);
     let bytes = client
-        .read_range(&reference, big.digest(), 5000..905_000)
+        .read_range(&reference, &digest_of(big.digest()), 5000..905_000)
         .await?;
     assert!(bytes.as_ref() == &big_blob[5000..905_000]);
     assert_eq!(
@@ -731,7 +746,7 @@ async fn hosts_toml_mirror_is_used_and_origin_takes_over_when_it_is_down() -> Re
     assert_eq!(resolved.target.digest().to_string(), layout.digest());
     assert_matches_image(&resolved, image);
     let bytes = client
-        .read_range(&reference, big.digest(), 2_000_000..2_100_001)
+        .read_range(&reference, &digest_of(big.digest()), 2_000_000..2_100_001)
         .await?;
     assert!(bytes.as_ref() == &big_blob[2_000_000..2_100_001]);
     assert_eq!(
@@ -938,7 +953,7 @@ async fn truncated_bodies_fail_or_resume() -> Result<()> {
     let range = 100..100 + 4 * KEEP as u64;
     match expect_err(
         bed.client
-            .read_range(&bed.reference, big.digest(), range.clone())
+            .read_range(&bed.reference, &digest_of(big.digest()), range.clone())
             .await,
         "truncated range",
     ) {
@@ -970,7 +985,7 @@ async fn truncated_bodies_fail_or_resume() -> Result<()> {
         .inject_times(&blob_path, Fault::Truncate { keep: KEEP }, 1);
     let bytes = bed
         .client
-        .read_range(&bed.reference, big.digest(), range.clone())
+        .read_range(&bed.reference, &digest_of(big.digest()), range.clone())
         .await?;
     assert!(bytes.as_ref() == &blob[range.start as usize..range.end as usize]);
     // A truncated manifest is retried too.
@@ -1182,7 +1197,7 @@ async fn error_statuses_map_to_errors_and_5xx_is_retried() -> Result<()> {
     }
     match expect_err(
         bed.client
-            .read_range(&bed.reference, big.digest(), 0..100)
+            .read_range(&bed.reference, &digest_of(big.digest()), 0..100)
             .await,
         "404 range",
     ) {
@@ -1202,7 +1217,7 @@ async fn error_statuses_map_to_errors_and_5xx_is_retried() -> Result<()> {
     bed.proxy.inject(&blob_path, Fault::Status(403));
     match expect_err(
         bed.client
-            .read_range(&bed.reference, big.digest(), 0..100)
+            .read_range(&bed.reference, &digest_of(big.digest()), 0..100)
             .await,
         "403 range",
     ) {
@@ -1222,7 +1237,7 @@ async fn error_statuses_map_to_errors_and_5xx_is_retried() -> Result<()> {
     let blob = bed.blob(0)?;
     let bytes = bed
         .client
-        .read_range(&bed.reference, big.digest(), 10..20_010)
+        .read_range(&bed.reference, &digest_of(big.digest()), 10..20_010)
         .await?;
     assert!(bytes.as_ref() == &blob[10..20_010]);
     assert_eq!(statuses(&bed.proxy, &blob_path), [503, 503, 206]);

@@ -32,12 +32,13 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::json;
+use skiff_daemon::lazy_layers::RegistryBlob;
 use skiff_fuse::adapter::MountedLayer;
 use skiff_fuse::cache::{CacheConfig, ChunkStore};
-use skiff_fuse::fetch::{FetchConfig, RegistryBlob};
+use skiff_fuse::fetch::FetchConfig;
 use skiff_fuse::format::{FileTree, Node, ROOT_INO};
-use skiff_fuse::lazyfs::{LayerConfig, LayerDescriptor, LazyLayer};
-use skiff_fuse::registry::{Reference, RegistryClient, RegistryConfig};
+use skiff_fuse::lazyfs::{LayerConfig, LazyLayer};
+use skiff_registry::{Reference, RegistryClient, RegistryConfig};
 use skiff_tests::{
     convert_estargz, generated_bytes, require, Containerd, FaultProxy, ImageSpec, LayerSpec,
     Registry, RegistryAuth,
@@ -315,21 +316,19 @@ fn bench(
     let direct: Reference = format!("{}/fuse-bench:esgz", registry.host()).parse()?;
     let via_proxy: Reference = format!("{}/fuse-bench:esgz", proxy.host()).parse()?;
     let resolved = runtime.block_on(client.resolve(&direct))?;
-    let layers = resolved.image_manifest.layers();
+    let layers = &resolved.layers;
     ensure!(
         layers.len() == 1,
         "expected one eStargz layer, got {}",
         layers.len()
     );
-    let layer = layers[0].clone();
-    let descriptor = LayerDescriptor::from(&layer);
-    let digest = descriptor.digest.clone();
+    let descriptor = layers[0].clone();
+    let digest = descriptor.digest.to_string();
     let open_layer = |store: ChunkStore| -> Result<Arc<LazyLayer>> {
         let source = Arc::new(RegistryBlob::new(
             client.clone(),
             via_proxy.clone(),
-            layer.digest().clone(),
-            layer.size(),
+            &descriptor,
         ));
         runtime
             .block_on(LazyLayer::open(
@@ -555,7 +554,7 @@ fn bench(
             "layer: original gzip {} B, eStargz {} B ({}), {entries} entries; large file {big_mib} MiB, \
              compressed span {big_compressed} B",
             original.size,
-            layer.size(),
+            descriptor.size,
             digest
         ),
         format!(
@@ -595,7 +594,7 @@ fn bench(
             "original_digest": original.digest,
             "original_size": original.size,
             "estargz_digest": digest,
-            "estargz_size": layer.size(),
+            "estargz_size": descriptor.size,
             "entries": entries,
             "large_file": BIG_FILE,
             "large_file_bytes": big_len,

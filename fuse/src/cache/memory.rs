@@ -3,12 +3,12 @@
 use bytes::Bytes;
 use lru::LruCache;
 
-use super::ChunkDigest;
+use skiff_types::Digest;
 
 /// Hot chunks kept in memory, least recently used dropped first once their sizes add up to more than the
 /// budget. A chunk larger than the whole budget is never kept.
 pub(crate) struct MemoryLru {
-    entries: LruCache<ChunkDigest, Bytes>,
+    entries: LruCache<Digest, Bytes>,
     budget: u64,
     bytes: u64,
 }
@@ -23,18 +23,18 @@ impl MemoryLru {
     }
 
     /// The bytes of `digest`, marking it most recently used.
-    pub(crate) fn get(&mut self, digest: &ChunkDigest) -> Option<Bytes> {
+    pub(crate) fn get(&mut self, digest: &Digest) -> Option<Bytes> {
         self.entries.get(digest).cloned()
     }
 
     /// Marks `digest` most recently used if present.
-    pub(crate) fn promote(&mut self, digest: &ChunkDigest) {
+    pub(crate) fn promote(&mut self, digest: &Digest) {
         self.entries.promote(digest);
     }
 
     /// Keeps `data` as the most recently used entry, then drops least recently used entries until the total
     /// fits the budget. Data larger than the budget is not kept (and replaces nothing).
-    pub(crate) fn put(&mut self, digest: ChunkDigest, data: Bytes) {
+    pub(crate) fn put(&mut self, digest: Digest, data: Bytes) {
         let size = data.len() as u64;
         if size > self.budget {
             return;
@@ -52,7 +52,7 @@ impl MemoryLru {
     }
 
     /// Drops `digest` if present.
-    pub(crate) fn remove(&mut self, digest: &ChunkDigest) {
+    pub(crate) fn remove(&mut self, digest: &Digest) {
         if let Some(old) = self.entries.pop(digest) {
             self.bytes -= old.len() as u64;
         }
@@ -71,9 +71,9 @@ impl MemoryLru {
 mod tests {
     use super::*;
 
-    fn chunk(fill: u8, len: usize) -> (ChunkDigest, Bytes) {
+    fn chunk(fill: u8, len: usize) -> (Digest, Bytes) {
         let data = vec![fill; len];
-        (ChunkDigest::of(&data), Bytes::from(data))
+        (Digest::of(&data), Bytes::from(data))
     }
 
     #[test]

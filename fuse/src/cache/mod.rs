@@ -26,15 +26,15 @@
 //! cache stores and serves bytes. All methods are synchronous; those that may touch the disk (`open`,
 //! `get` on a memory miss, `insert`, `verify`, `touch`) belong on a blocking thread.
 
-mod digest;
 mod memory;
 mod store;
 
-pub use digest::{ChunkDigest, ParseDigestError};
-pub use store::{ChunkStore, PinGuard, ReaderActivity, ReaderWait};
+pub use store::{ChunkStore, PinGuard};
 
 use std::io;
 use std::path::PathBuf;
+
+use skiff_types::Digest;
 
 const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;
@@ -46,7 +46,8 @@ pub struct CacheConfig {
     /// Byte budget of the in-memory LRU (sum of the cached entries' sizes). An entry larger than this is
     /// served from disk only.
     pub memory_bytes: u64,
-    /// Cap on the bytes stored on disk; `None` means unbounded.
+    /// Cap on the bytes stored on disk; `None` (`false` in the config file) means unbounded.
+    #[serde(deserialize_with = "crate::off::deserialize_size")]
     pub disk_bytes: Option<u64>,
 }
 
@@ -87,10 +88,7 @@ pub struct CacheStats {
 pub enum CacheError {
     /// The bytes given to `insert` hash to something other than the digest they were inserted under.
     #[error("digest mismatch: expected {expected}, got {actual}")]
-    DigestMismatch {
-        expected: ChunkDigest,
-        actual: ChunkDigest,
-    },
+    DigestMismatch { expected: Digest, actual: Digest },
     /// A filesystem operation on `path` failed (including ENOSPC while writing; nothing partial is kept).
     #[error("chunk cache io on {}", path.display())]
     Io {
@@ -138,6 +136,11 @@ mod tests {
 
         let err = toml::from_str::<CacheConfig>("memory = 1\n").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
+
+        let unbounded: CacheConfig = toml::from_str("disk_bytes = false\n").unwrap();
+        assert_eq!(unbounded.disk_bytes, None);
+        let err = toml::from_str::<CacheConfig>("disk_bytes = 0\n").unwrap_err();
+        assert!(err.to_string().contains("write `false`"), "{err}");
     }
 
     #[test]
@@ -155,8 +158,8 @@ mod tests {
             "chunk cache full: 10 bytes do not fit under the 5-byte cap beside the pinned entries"
         );
         let mismatch = CacheError::DigestMismatch {
-            expected: ChunkDigest::of(b"a"),
-            actual: ChunkDigest::of(b"b"),
+            expected: Digest::of(b"a"),
+            actual: Digest::of(b"b"),
         };
         assert!(mismatch
             .to_string()

@@ -12,16 +12,17 @@ use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use lru::LruCache;
 use sha2::{Digest as _, Sha256};
 
 use super::memory::MemoryLru;
-use super::{CacheConfig, CacheError, CacheStats, ChunkDigest};
+use super::{CacheConfig, CacheError, CacheStats};
+use skiff_types::Digest;
 
 /// Directory of committed entries, named like the digest algorithm.
 const OBJECTS_DIR: &str = "sha256";
@@ -53,78 +54,17 @@ struct Inner {
     state: Mutex<State>,
     /// Signalled whenever digests leave `State::evicting`.
     evicted: Condvar,
-    readers: ReaderActivity,
-}
-
-/// Readers waiting on the network for chunks of this store, whichever layer they read: every lazy layer
-/// of a daemon shares the store, and the link and CPU that fetch and verify its chunks, so one layer's
-/// background fetching holds back while a reader of any layer waits.
-#[derive(Debug)]
-pub struct ReaderActivity {
-    waiting: AtomicUsize,
-    /// When a reader last stopped waiting, in nanoseconds since `created` (0: none has yet).
-    last_wait_nanos: AtomicU64,
-    created: Instant,
-}
-
-impl ReaderActivity {
-    fn new() -> Self {
-        ReaderActivity {
-            waiting: AtomicUsize::new(0),
-            last_wait_nanos: AtomicU64::new(0),
-            created: Instant::now(),
-        }
-    }
-
-    /// A reader waits on the network for as long as the returned guard lives.
-    pub fn wait(&self) -> ReaderWait<'_> {
-        self.waiting.fetch_add(1, Ordering::AcqRel);
-        ReaderWait(self)
-    }
-
-    /// Counts as a wait that just ended (a layer being mounted is one).
-    pub fn touch(&self) {
-        self.last_wait_nanos
-            .fetch_max(self.now_nanos(), Ordering::AcqRel);
-    }
-
-    /// Whether some reader waits on the network now.
-    pub fn waiting(&self) -> bool {
-        self.waiting.load(Ordering::Acquire) > 0
-    }
-
-    /// How long readers have not waited on the network.
-    pub fn quiet_for(&self) -> Duration {
-        Duration::from_nanos(
-            self.now_nanos()
-                .saturating_sub(self.last_wait_nanos.load(Ordering::Acquire)),
-        )
-    }
-
-    fn now_nanos(&self) -> u64 {
-        self.created.elapsed().as_nanos().min(u64::MAX as u128) as u64
-    }
-}
-
-/// A reader waiting on the network (from [`ReaderActivity::wait`]); dropping it notes when it stopped.
-pub struct ReaderWait<'a>(&'a ReaderActivity);
-
-impl Drop for ReaderWait<'_> {
-    fn drop(&mut self) {
-        self.0.touch();
-        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 struct State {
     memory: MemoryLru,
     /// Every entry on disk, least recently used at the back.
-    disk: LruCache<ChunkDigest, DiskEntry>,
+    disk: LruCache<Digest, DiskEntry>,
     disk_bytes: u64,
     /// Live pin count per digest (a digest may be pinned before it is stored).
-    pins: HashMap<ChunkDigest, usize>,
+    pins: HashMap<Digest, usize>,
     /// Removed from `disk`, file unlink in progress.
-    evicting: HashSet<ChunkDigest>,
+    evicting: HashSet<Digest>,
     next_generation: u64,
     counters: CacheStats,
 }
@@ -139,11 +79,6 @@ struct DiskEntry {
 }
 
 impl ChunkStore {
-    /// Readers of any layer using this store that wait on the network.
-    pub fn readers(&self) -> &ReaderActivity {
-        &self.inner.readers
-    }
-
     /// Opens (creating if needed) the store in `dir` and rebuilds its index from the files present, oldest
     /// use first (a file's last use is the later of its access and modification times). Removes stale temp
     /// files and files whose name is not a digest, then evicts least-recently-used entries if the disk total
@@ -172,7 +107,6 @@ impl ChunkStore {
                 config,
                 state: Mutex::new(state),
                 evicted: Condvar::new(),
-                readers: ReaderActivity::new(),
             }),
         };
         store.finish_eviction(victims);
@@ -203,7 +137,7 @@ impl ChunkStore {
     /// promoted into memory (if it fits the budget); a corrupt one is deleted and answered as a miss, never
     /// returned. Either tier's hit refreshes the entry's recency. An entry is read whole, so for a large
     /// whole-file entry prefer [`verify`](Self::verify) and reading [`path`](Self::path) under a pin.
-    pub fn get(&self, digest: &ChunkDigest) -> Result<Option<Bytes>, CacheError> {
+    pub fn get(&self, digest: &Digest) -> Result<Option<Bytes>, CacheError> {
         let generation = {
             let mut guard = self.lock();
             let state = &mut *guard;
@@ -233,7 +167,7 @@ impl ChunkStore {
             }
             Err(source) => return Err(CacheError::Io { path, source }),
         };
-        let actual = ChunkDigest::of(&data);
+        let actual = Digest::of(&data);
         if actual != *digest {
             self.drop_corrupt(digest, generation, &path, actual);
             self.lock().counters.misses += 1;
@@ -265,8 +199,8 @@ impl ChunkStore {
     /// disk total is within the cap. Fails with [`CacheError::Full`] (storing nothing) when that is
     /// impossible because the rest is pinned, and with [`CacheError::Io`] (leaving nothing behind) when
     /// writing fails, e.g. on a full disk. Storing a digest that is already present only refreshes it.
-    pub fn insert(&self, digest: &ChunkDigest, data: &[u8]) -> Result<(), CacheError> {
-        let actual = ChunkDigest::of(data);
+    pub fn insert(&self, digest: &Digest, data: &[u8]) -> Result<(), CacheError> {
+        let actual = Digest::of(data);
         if actual != *digest {
             return Err(CacheError::DigestMismatch {
                 expected: *digest,
@@ -328,14 +262,14 @@ impl ChunkStore {
 
     /// Whether `digest` is stored on disk (and so `get` will return it unless the file turns out corrupt).
     /// Does not refresh recency.
-    pub fn contains(&self, digest: &ChunkDigest) -> bool {
+    pub fn contains(&self, digest: &Digest) -> bool {
         self.lock().disk.contains(digest)
     }
 
     /// Keeps `digest` from being evicted from disk while the returned guard (or another one for it) lives.
     /// A digest may be pinned before it is stored. Pinned entries still count against the disk cap.
     #[must_use = "the pin is released when the guard is dropped"]
-    pub fn pin(&self, digest: &ChunkDigest) -> PinGuard {
+    pub fn pin(&self, digest: &Digest) -> PinGuard {
         *self.lock().pins.entry(*digest).or_insert(0) += 1;
         PinGuard {
             inner: Arc::clone(&self.inner),
@@ -347,15 +281,15 @@ impl ChunkStore {
     ///
     /// For passthrough: take a [`pin`](Self::pin), check [`verify`](Self::verify) (or at least
     /// [`contains`](Self::contains)), then open this path read-only while holding the pin.
-    pub fn path(&self, digest: &ChunkDigest) -> PathBuf {
-        let hex = digest.to_hex();
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
         self.inner.objects.join(&hex[..2]).join(hex)
     }
 
     /// Records a use of `digest` without reading it (passthrough reads bypass the cache): refreshes its
     /// recency in both tiers and stamps the file's access time so the order survives a restart. Does nothing
     /// if the digest is not stored.
-    pub fn touch(&self, digest: &ChunkDigest) {
+    pub fn touch(&self, digest: &Digest) {
         {
             let mut state = self.lock();
             if !state.disk.promote(digest) {
@@ -375,7 +309,7 @@ impl ChunkStore {
     /// Whether a verified copy of `digest` is on disk, hashing the file if this process has not yet verified
     /// it (only entries found at open need that, once). A corrupt file is deleted and `false` returned.
     /// Use before handing the file to the kernel for passthrough, since those reads are never checked.
-    pub fn verify(&self, digest: &ChunkDigest) -> Result<bool, CacheError> {
+    pub fn verify(&self, digest: &Digest) -> Result<bool, CacheError> {
         let generation = match self.lock().disk.peek(digest) {
             None => return Ok(false),
             Some(entry) if entry.verified => return Ok(true),
@@ -425,7 +359,7 @@ impl ChunkStore {
 
     /// Fails with `Full` if `size` more bytes cannot fit under the cap even after evicting every unpinned
     /// entry.
-    fn check_room(&self, state: &State, digest: &ChunkDigest, size: u64) -> Result<(), CacheError> {
+    fn check_room(&self, state: &State, digest: &Digest, size: u64) -> Result<(), CacheError> {
         let Some(cap) = self.inner.config.disk_bytes else {
             return Ok(());
         };
@@ -444,11 +378,11 @@ impl ChunkStore {
 
     /// Writes `data` to a new private temp file, fsynced and read-only. The returned guard removes the file
     /// unless it is disarmed after a successful rename.
-    fn write_temp(&self, digest: &ChunkDigest, data: &[u8]) -> Result<TempFile, CacheError> {
+    fn write_temp(&self, digest: &Digest, data: &[u8]) -> Result<TempFile, CacheError> {
         let unique = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!(
             "{}.{}.{unique}{TEMP_SUFFIX}",
-            digest.to_hex(),
+            digest.hex(),
             std::process::id()
         );
         let path = self.inner.temp.join(name);
@@ -470,13 +404,7 @@ impl ChunkStore {
     }
 
     /// Deletes a file found corrupt, if the index still holds the generation that was read.
-    fn drop_corrupt(
-        &self,
-        digest: &ChunkDigest,
-        generation: u64,
-        path: &Path,
-        actual: ChunkDigest,
-    ) {
+    fn drop_corrupt(&self, digest: &Digest, generation: u64, path: &Path, actual: Digest) {
         let mut state = self.lock();
         if !state.forget(digest, generation) {
             return;
@@ -495,7 +423,7 @@ impl ChunkStore {
     }
 
     /// Unlinks the files of entries already removed from the index, then lets waiting inserts proceed.
-    fn finish_eviction(&self, victims: Vec<ChunkDigest>) {
+    fn finish_eviction(&self, victims: Vec<Digest>) {
         if victims.is_empty() {
             return;
         }
@@ -538,12 +466,12 @@ impl Inner {
 /// Keeps one digest from being evicted from disk until dropped. See [`ChunkStore::pin`].
 pub struct PinGuard {
     inner: Arc<Inner>,
-    digest: ChunkDigest,
+    digest: Digest,
 }
 
 impl PinGuard {
     /// The pinned digest.
-    pub fn digest(&self) -> &ChunkDigest {
+    pub fn digest(&self) -> &Digest {
         &self.digest
     }
 }
@@ -580,7 +508,7 @@ impl State {
     }
 
     /// Adds an entry as the most recently used.
-    fn add_disk(&mut self, digest: ChunkDigest, size: u64, verified: bool) {
+    fn add_disk(&mut self, digest: Digest, size: u64, verified: bool) {
         let entry = DiskEntry {
             size,
             generation: self.next_generation,
@@ -594,7 +522,7 @@ impl State {
     }
 
     /// If `digest` is stored, marks it most recently used and returns true.
-    fn refresh_if_present(&mut self, digest: &ChunkDigest) -> bool {
+    fn refresh_if_present(&mut self, digest: &Digest) -> bool {
         if !self.disk.promote(digest) {
             return false;
         }
@@ -603,7 +531,7 @@ impl State {
     }
 
     /// Removes `digest` from both tiers if the index still holds `generation`; returns whether it did.
-    fn forget(&mut self, digest: &ChunkDigest, generation: u64) -> bool {
+    fn forget(&mut self, digest: &Digest, generation: u64) -> bool {
         match self.disk.peek(digest) {
             Some(entry) if entry.generation == generation => {
                 let size = entry.size;
@@ -618,7 +546,7 @@ impl State {
 
     /// Picks least-recently-used unpinned entries (never `keep`) until the disk total is within `cap`,
     /// removes them from the index and marks them `evicting`; the caller unlinks their files.
-    fn select_victims(&mut self, cap: Option<u64>, keep: Option<&ChunkDigest>) -> Vec<ChunkDigest> {
+    fn select_victims(&mut self, cap: Option<u64>, keep: Option<&Digest>) -> Vec<Digest> {
         let Some(cap) = cap else {
             return Vec::new();
         };
@@ -686,11 +614,11 @@ fn read_whole(path: &Path) -> io::Result<(File, Vec<u8>)> {
     Ok((file, data))
 }
 
-fn hash_file(path: &Path) -> io::Result<ChunkDigest> {
+fn hash_file(path: &Path) -> io::Result<Digest> {
     let mut file = File::open(path)?;
     let mut hasher = Sha256::new();
     io::copy(&mut file, &mut hasher)?;
-    Ok(ChunkDigest(hasher.finalize().into()))
+    Ok(Digest::from_hasher(hasher))
 }
 
 /// Stamps the file's access time with now: the recency `open` rebuilds the LRU order from. Best effort.
@@ -725,7 +653,7 @@ fn remove_stale_temp_files(temp: &Path) -> Result<(), CacheError> {
 }
 
 /// One entry found on disk: last use, digest, size.
-type Found = (SystemTime, ChunkDigest, u64);
+type Found = (SystemTime, Digest, u64);
 
 /// Lists the entries under `sha256/`, removing files that are not named by a digest in the right fan-out
 /// directory. Unexpected directories are left alone with a warning.
@@ -759,7 +687,7 @@ fn scan_fanout(dir: &Path, prefix: &str, found: &mut Vec<Found>) -> Result<(), C
         let digest = name
             .to_str()
             .filter(|n| n.starts_with(prefix))
-            .and_then(ChunkDigest::from_hex);
+            .and_then(|hex| Digest::from_hex(hex).ok());
         match digest {
             Some(digest) if file_type.is_file() => match entry.metadata() {
                 Ok(meta) => {
@@ -794,9 +722,9 @@ fn remove_foreign(path: &Path) {
 mod tests {
     use super::*;
 
-    fn chunk(fill: u8, len: usize) -> (ChunkDigest, Vec<u8>) {
+    fn chunk(fill: u8, len: usize) -> (Digest, Vec<u8>) {
         let data = vec![fill; len];
-        (ChunkDigest::of(&data), data)
+        (Digest::of(&data), data)
     }
 
     fn config(memory_bytes: u64, disk_bytes: Option<u64>) -> CacheConfig {
@@ -819,7 +747,7 @@ mod tests {
         let store = ChunkStore::open(dir.path(), CacheConfig::default()).unwrap();
         let (digest, data) = chunk(b'a', 10);
         store.insert(&digest, &data).unwrap();
-        let hex = digest.to_hex();
+        let hex = digest.hex();
         let expected = dir.path().join("sha256").join(&hex[..2]).join(&hex);
         assert_eq!(store.path(&digest), expected);
         let meta = fs::metadata(&expected).unwrap();
@@ -834,7 +762,7 @@ mod tests {
         let store = ChunkStore::open(dir.path(), CacheConfig::default()).unwrap();
         let (digest, data) = chunk(b'a', 10);
         // Make the fan-out directory impossible to create: a file stands where it should be.
-        let hex = digest.to_hex();
+        let hex = digest.hex();
         fs::write(dir.path().join("sha256").join(&hex[..2]), b"in the way").unwrap();
         let err = store.insert(&digest, &data).unwrap_err();
         assert!(matches!(err, CacheError::Io { .. }), "{err:?}");
@@ -911,14 +839,14 @@ mod tests {
         assert!(!store.contains(&bad));
         assert!(!store.path(&bad).exists());
         assert_eq!(store.stats().corrupt_dropped, 1);
-        assert!(!store.verify(&ChunkDigest::of(b"absent")).unwrap());
+        assert!(!store.verify(&Digest::of(b"absent")).unwrap());
     }
 
     #[test]
     fn pins_are_counted_and_released() {
         let dir = tempfile::tempdir().unwrap();
         let store = ChunkStore::open(dir.path(), CacheConfig::default()).unwrap();
-        let digest = ChunkDigest::of(b"p");
+        let digest = Digest::of(b"p");
         let first = store.pin(&digest);
         let second = store.pin(&digest);
         assert_eq!(store.lock().pins.get(&digest), Some(&2));

@@ -13,10 +13,13 @@ use futures::FutureExt;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::{debug, warn};
 
-use super::{BlobSource, CorruptChunk, FetchConfig, FetchError, LayerStats, SourceError};
-use crate::cache::{CacheError, ChunkDigest, ChunkStore};
+use super::{
+    BlobSource, CorruptChunk, FetchConfig, FetchError, LayerStats, SharedStore, SourceError,
+};
+use crate::cache::{CacheError, ChunkStore};
 use crate::format::chunk::{decompress_chunk, Compression};
 use crate::format::tree::ChunkRef;
+use skiff_types::Digest;
 
 /// Who is asking: a reader waiting now, the prioritized files at mount (likely read next, so they use the
 /// readers' request budget), or background work that must never delay a reader.
@@ -34,7 +37,7 @@ struct Span {
     chunks: Vec<ChunkRef>,
 }
 
-type SpanResult = Result<Arc<HashMap<ChunkDigest, Bytes>>, FetchError>;
+type SpanResult = Result<Arc<HashMap<Digest, Bytes>>, FetchError>;
 type SpanFuture = Shared<BoxFuture<'static, SpanResult>>;
 
 /// A span being fetched, as the chunks it carries see it.
@@ -52,11 +55,11 @@ const YIELD_POLL: Duration = Duration::from_millis(5);
 
 pub struct ChunkFetcher {
     source: Arc<dyn BlobSource>,
-    store: ChunkStore,
+    store: SharedStore,
     compression: Compression,
     config: FetchConfig,
     stats: Arc<LayerStats>,
-    inflight: Mutex<HashMap<ChunkDigest, InFlight>>,
+    inflight: Mutex<HashMap<Digest, InFlight>>,
     demand_requests: Semaphore,
     background_requests: Semaphore,
 }
@@ -70,11 +73,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl ChunkFetcher {
     pub fn new(
         source: Arc<dyn BlobSource>,
-        store: ChunkStore,
+        store: impl Into<SharedStore>,
         compression: Compression,
         config: FetchConfig,
         stats: Arc<LayerStats>,
     ) -> Arc<Self> {
+        let store = store.into();
         let background = config
             .background
             .as_ref()
@@ -94,7 +98,7 @@ impl ChunkFetcher {
     }
 
     pub fn store(&self) -> &ChunkStore {
-        &self.store
+        self.store.store()
     }
 
     pub fn stats(&self) -> &Arc<LayerStats> {
@@ -109,7 +113,7 @@ impl ChunkFetcher {
     pub fn missing(&self, chunks: &[ChunkRef]) -> Vec<ChunkRef> {
         chunks
             .iter()
-            .filter(|c| !self.store.contains(&ChunkDigest(c.digest)))
+            .filter(|c| !self.store.contains(&c.digest))
             .cloned()
             .collect()
     }
@@ -121,7 +125,7 @@ impl ChunkFetcher {
         chunks: &[ChunkRef],
         priority: Priority,
     ) -> Result<Vec<Bytes>, FetchError> {
-        let digests: Vec<ChunkDigest> = chunks.iter().map(|c| ChunkDigest(c.digest)).collect();
+        let digests: Vec<Digest> = chunks.iter().map(|c| c.digest).collect();
         let mut found = self.lookup(digests.clone()).await?;
 
         let mut waits: Vec<(usize, SpanFuture)> = Vec::new();
@@ -155,8 +159,7 @@ impl ChunkFetcher {
             LayerStats::add(&self.stats.chunk_hits, hits);
             LayerStats::add(&self.stats.chunk_misses, planned.len() as u64);
             for span in plan_spans(to_fetch, &self.config) {
-                let digests_in_span: Vec<ChunkDigest> =
-                    span.chunks.iter().map(|c| ChunkDigest(c.digest)).collect();
+                let digests_in_span: Vec<Digest> = span.chunks.iter().map(|c| c.digest).collect();
                 let span = self.start_span(span, priority);
                 for digest in digests_in_span {
                     inflight.insert(digest, span.clone());
@@ -202,7 +205,7 @@ impl ChunkFetcher {
     }
 
     /// Cache lookups on the blocking pool (a disk hit reads and verifies a file).
-    async fn lookup(&self, digests: Vec<ChunkDigest>) -> Result<Vec<Option<Bytes>>, FetchError> {
+    async fn lookup(&self, digests: Vec<Digest>) -> Result<Vec<Option<Bytes>>, FetchError> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             digests
@@ -225,7 +228,7 @@ impl ChunkFetcher {
             let result = this.fetch_span(&span, priority, &promoted).await;
             let mut inflight = lock(&this.inflight);
             for chunk in &span.chunks {
-                inflight.remove(&ChunkDigest(chunk.digest));
+                inflight.remove(&chunk.digest);
             }
             result
         });
@@ -365,7 +368,7 @@ impl ChunkFetcher {
 }
 
 enum DecodeError {
-    Corrupt(ChunkDigest, CorruptChunk),
+    Corrupt(Digest, CorruptChunk),
     Cache(CacheError),
 }
 
@@ -380,15 +383,15 @@ fn decode_span(
     start: u64,
     bytes: &[u8],
     chunks: &[ChunkRef],
-) -> Result<HashMap<ChunkDigest, Bytes>, DecodeError> {
+) -> Result<HashMap<Digest, Bytes>, DecodeError> {
     let mut decoded = HashMap::with_capacity(chunks.len());
     for chunk in chunks {
-        let digest = ChunkDigest(chunk.digest);
+        let digest = chunk.digest;
         let from = (chunk.compressed.start - start) as usize;
         let to = (chunk.compressed.end - start) as usize;
         let data = decompress_chunk(compression, &bytes[from..to], chunk.size)
             .map_err(|err| DecodeError::Corrupt(digest, CorruptChunk::Decompress(err)))?;
-        let actual = ChunkDigest::of(&data);
+        let actual = Digest::of(&data);
         if actual != digest {
             return Err(DecodeError::Corrupt(
                 digest,
@@ -447,7 +450,7 @@ mod tests {
             file_offset: 0,
             size: 1,
             compressed: start..end,
-            digest: [seed; 32],
+            digest: Digest::from_bytes([seed; 32]),
         }
     }
 

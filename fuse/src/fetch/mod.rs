@@ -1,4 +1,5 @@
-//! Lazy fetching: blob sources, and the `ChunkFetcher` that turns "these chunks of this layer" into
+//! Lazy fetching: blob sources, the fetch policy ([`policy`]: readahead, neighbour, directory and
+//! background planning, pure functions), and the `ChunkFetcher` that turns "these chunks of this layer" into
 //! verified uncompressed bytes with as few, as parallel and as shared registry requests as possible.
 //!
 //! - A miss becomes one Range GET per span of neighbouring chunks (bounded by `max_request_bytes`, and
@@ -10,7 +11,9 @@
 //!   while readers wait on the network — readers of any layer sharing the chunk store, as the layers of
 //!   an image share the link.
 
+mod activity;
 mod fetcher;
+pub mod policy;
 mod source;
 
 use std::path::PathBuf;
@@ -19,18 +22,20 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+pub use activity::{ReaderActivity, ReaderWait, SharedStore};
 pub use fetcher::{ChunkFetcher, Priority};
-pub use source::{BlobSource, FileBlob, MemoryBlob, RegistryBlob};
+pub use source::{check_range, BlobSource, FileBlob, MemoryBlob};
 
-use crate::cache::{CacheError, ChunkDigest};
+use crate::cache::CacheError;
 use crate::format::FormatError;
-use crate::registry::RegistryError;
+use skiff_types::Digest;
 
 /// A blob source failed to deliver a range.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SourceError {
+    /// The remote end (a registry) failed; the source says how.
     #[error(transparent)]
-    Registry(Arc<RegistryError>),
+    Remote(Arc<dyn std::error::Error + Send + Sync>),
     #[error("reading {}", path.display())]
     Io {
         path: PathBuf,
@@ -60,7 +65,7 @@ pub enum FetchError {
     #[error("chunk {digest} of {blob} is corrupt after {attempts} attempts")]
     Corrupt {
         blob: String,
-        digest: ChunkDigest,
+        digest: Digest,
         attempts: u32,
         #[source]
         source: Arc<CorruptChunk>,
@@ -70,7 +75,7 @@ pub enum FetchError {
     #[error("the fetch was cancelled")]
     Cancelled,
     #[error("chunk {digest} was not delivered by its fetch")]
-    Missing { digest: ChunkDigest },
+    Missing { digest: Digest },
 }
 
 /// What was wrong with a chunk's bytes.
@@ -99,15 +104,19 @@ pub struct FetchConfig {
     pub max_readahead_bytes: u64,
     /// When a read misses, also fetch (beside it, unawaited) the chunks that follow it in the blob, up
     /// to this many compressed bytes: a starting program reads many small files that lie near each
-    /// other in the layer, and each would otherwise cost a round trip.
-    pub neighbour_bytes: u64,
-    /// At the second read miss in a directory, also fetch (unawaited) the directory's other small files,
-    /// up to this many compressed bytes: a program going through a directory, like an interpreter
-    /// importing a package, would otherwise pay a round trip per file. 0 turns it off.
-    pub directory_bytes: u64,
+    /// other in the layer, and each would otherwise cost a round trip. `None` (`false`) turns it off.
+    #[serde(deserialize_with = "crate::off::deserialize")]
+    pub neighbour_bytes: Option<u64>,
+    /// Once reads have missed on an eighth of a directory's small files (two at least), also fetch
+    /// (unawaited) the directory's other small files, up to this many compressed bytes: a program going
+    /// through a directory, like an interpreter importing a package, would otherwise pay a round trip
+    /// per file. `None` (`false`) turns it off.
+    #[serde(deserialize_with = "crate::off::deserialize")]
+    pub directory_bytes: Option<u64>,
     /// Fetch the prioritized files (before `.prefetch.landmark`) at mount.
     pub prefetch: bool,
-    /// Fetch the rest of the layer in the background after mount; `None` turns it off.
+    /// Fetch the rest of the layer in the background after mount; `None` (`false`) turns it off.
+    #[serde(deserialize_with = "crate::off::deserialize")]
     pub background: Option<BackgroundConfig>,
 }
 
@@ -119,8 +128,8 @@ impl Default for FetchConfig {
             parallel_requests: 8,
             attempts: 3,
             max_readahead_bytes: 8 << 20,
-            neighbour_bytes: 128 << 10,
-            directory_bytes: 2 << 20,
+            neighbour_bytes: Some(128 << 10),
+            directory_bytes: Some(2 << 20),
             prefetch: true,
             background: Some(BackgroundConfig::default()),
         }

@@ -1,5 +1,5 @@
-//! Where a layer blob's bytes come from: the registry (HTTP Range GETs), or memory and local files for
-//! tests and tools. Only project types cross this seam.
+//! Where a layer blob's bytes come from: the seam [`BlobSource`], with memory and local-file sources for
+//! tests and tools (skiffd's registry source lives in the daemon). Only project types cross this seam.
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -8,8 +8,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-
-use crate::registry::{Digest, Reference, RegistryClient};
 
 use super::SourceError;
 
@@ -23,7 +21,8 @@ pub trait BlobSource: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
-fn check_range(range: &Range<u64>, size: u64) -> Result<(), SourceError> {
+/// `OutOfBounds` unless `range` lies within a blob of `size` bytes (for sources' `read_range`).
+pub fn check_range(range: &Range<u64>, size: u64) -> Result<(), SourceError> {
     if range.start > range.end || range.end > size {
         return Err(SourceError::OutOfBounds {
             start: range.start,
@@ -32,46 +31,6 @@ fn check_range(range: &Range<u64>, size: u64) -> Result<(), SourceError> {
         });
     }
     Ok(())
-}
-
-/// A layer blob in a registry, read with HTTP Range requests through the shared client.
-pub struct RegistryBlob {
-    client: RegistryClient,
-    reference: Reference,
-    digest: Digest,
-    size: u64,
-}
-
-impl RegistryBlob {
-    pub fn new(client: RegistryClient, reference: Reference, digest: Digest, size: u64) -> Self {
-        RegistryBlob {
-            client,
-            reference,
-            digest,
-            size,
-        }
-    }
-}
-
-impl BlobSource for RegistryBlob {
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    fn read_range(&self, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, SourceError>> {
-        async move {
-            check_range(&range, self.size)?;
-            self.client
-                .read_range(&self.reference, &self.digest, range)
-                .await
-                .map_err(|err| SourceError::Registry(Arc::new(err)))
-        }
-        .boxed()
-    }
-
-    fn describe(&self) -> String {
-        format!("{}@{}", self.reference.repository(), self.digest)
-    }
 }
 
 /// A blob held in memory.

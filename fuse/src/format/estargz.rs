@@ -8,9 +8,9 @@
 
 use std::io::Read;
 
-use sha2::{Digest, Sha256};
+use skiff_types::Digest;
 
-use super::toc::{format_sha256_digest, parse_toc_json, Limits, Toc, TOC_TAR_NAME};
+use super::toc::{parse_toc_json, Limits, Toc, TOC_TAR_NAME};
 use super::FormatError;
 
 /// Size of the eStargz footer.
@@ -179,12 +179,12 @@ pub fn footer_bytes(toc_offset: u64) -> [u8; FOOTER_SIZE as usize] {
 
 /// The TOC region `blob[toc_offset .. blob_size - footer_size]` is a gzip member containing a tar
 /// with one file `stargz.index.json`: decompresses it (bounded by `limits`), reads the tar entry and
-/// returns the TOC and `sha256:<hex>` of the JSON bytes — what the toc.digest annotation pins.
-pub fn parse_toc(region: &[u8], limits: &Limits) -> Result<(Toc, String), FormatError> {
+/// returns the TOC and the digest of the JSON bytes — what the toc.digest annotation pins.
+pub fn parse_toc(region: &[u8], limits: &Limits) -> Result<(Toc, Digest), FormatError> {
     // Go's reader stops at the end of the first member; so do we.
     let mut tar = flate2::bufread::GzDecoder::new(region);
     let json = read_toc_tar(&mut tar, limits)?;
-    let digest = format_sha256_digest(&Sha256::digest(&json).into());
+    let digest = Digest::of(&json);
     let toc = parse_toc_json(&json, limits)?;
     Ok((toc, digest))
 }
@@ -532,7 +532,7 @@ mod tests {
         let region = toc_region(TOC_TAR_NAME, JSON);
         let (toc, digest) = parse_toc(&region, &Limits::default()).unwrap();
         assert_eq!(toc.entries.len(), 1);
-        assert_eq!(digest, format_sha256_digest(&Sha256::digest(JSON).into()));
+        assert_eq!(digest, Digest::of(JSON));
     }
 
     #[test]

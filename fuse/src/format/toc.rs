@@ -265,22 +265,6 @@ impl<'de> Visitor<'de> for EntriesSeed<'_> {
     }
 }
 
-/// Parses `sha256:<64 lowercase or uppercase hex>` (or the bare hex some producers write).
-pub fn parse_sha256_digest(digest: &str) -> Option<[u8; 32]> {
-    let hex_part = digest.strip_prefix("sha256:").unwrap_or(digest);
-    if hex_part.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(hex_part, &mut out).ok()?;
-    Some(out)
-}
-
-/// Formats a sha256 as the `sha256:<hex>` string annotations use.
-pub fn format_sha256_digest(digest: &[u8; 32]) -> String {
-    format!("sha256:{}", hex::encode(digest))
-}
-
 /// Parses an RFC 3339 timestamp (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`) into seconds and nanoseconds
 /// since the Unix epoch. Returns `None` for anything else.
 pub fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
@@ -506,22 +490,6 @@ mod tests {
         assert_eq!(l.max_name_len, 4096);
         assert_eq!(l.max_file_size, 1 << 40);
         assert_eq!(l.max_chunk_size, 256 << 20);
-    }
-
-    #[test]
-    fn digests() {
-        let hex64 = "ab".repeat(32);
-        assert_eq!(
-            parse_sha256_digest(&format!("sha256:{hex64}")),
-            Some([0xab; 32])
-        );
-        assert_eq!(parse_sha256_digest(&hex64), Some([0xab; 32]));
-        assert_eq!(parse_sha256_digest("sha512:00"), None);
-        assert_eq!(
-            parse_sha256_digest(&format!("sha256:{}", "zz".repeat(32))),
-            None
-        );
-        assert_eq!(format_sha256_digest(&[0xab; 32]), format!("sha256:{hex64}"));
     }
 
     #[test]

@@ -18,11 +18,12 @@ use std::ops::Range;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
+use skiff_types::Digest;
 
 use super::chunk::Compression;
 use super::toc::{
-    parse_rfc3339, parse_sha256_digest, EntryKind, Limits, Toc, TocEntry, NO_PREFETCH_LANDMARK,
-    PREFETCH_LANDMARK, TOC_TAR_NAME,
+    parse_rfc3339, EntryKind, Limits, Toc, TocEntry, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK,
+    TOC_TAR_NAME,
 };
 use super::FormatError;
 
@@ -58,7 +59,7 @@ pub struct ChunkRef {
     /// end offsets); decompressing the first `size` bytes from its start is always right.
     pub compressed: Range<u64>,
     /// sha256 of the uncompressed chunk.
-    pub digest: [u8; 32],
+    pub digest: Digest,
 }
 
 /// What an inode is.
@@ -94,7 +95,7 @@ pub struct Node {
     /// Names referring to this inode (for directories: 2 + subdirectories).
     pub nlink: u32,
     /// Whole-file sha256 from the TOC `digest`, when it has one.
-    pub file_digest: Option<[u8; 32]>,
+    pub file_digest: Option<Digest>,
     /// Sorted by `file_offset`, contiguous, covering `size`; empty for empty files and non-files.
     pub chunks: Vec<ChunkRef>,
 }
@@ -858,8 +859,8 @@ fn node_from_entry(
     })
 }
 
-fn parse_digest(path: &str, digest: &str) -> Result<[u8; 32], FormatError> {
-    parse_sha256_digest(digest).ok_or_else(|| FormatError::InvalidDigest {
+fn parse_digest(path: &str, digest: &str) -> Result<Digest, FormatError> {
+    Digest::parse_lenient(digest).map_err(|_| FormatError::InvalidDigest {
         path: path.to_string(),
         digest: digest.chars().take(100).collect(),
     })
@@ -1040,14 +1041,14 @@ mod tests {
             (NodeKind::File, 0o4755, 3, 1)
         );
         assert_eq!(su.mtime, (1_609_556_645, 250_000_000));
-        assert_eq!(su.file_digest, Some([1; 32]));
+        assert_eq!(su.file_digest, Some(Digest::from_bytes([1; 32])));
         assert_eq!(
             su.chunks,
             [ChunkRef {
                 file_offset: 0,
                 size: 3,
                 compressed: 100..1_000_000,
-                digest: [1; 32]
+                digest: Digest::from_bytes([1; 32])
             }]
         );
         let sh = node(&tree, "bin/sh");
@@ -1218,7 +1219,7 @@ mod tests {
         ]))
         .unwrap();
         let big = node(&tree, "big");
-        assert_eq!(big.file_digest, Some([9; 32]));
+        assert_eq!(big.file_digest, Some(Digest::from_bytes([9; 32])));
         assert_eq!(
             big.chunks,
             [
@@ -1226,19 +1227,19 @@ mod tests {
                     file_offset: 0,
                     size: 4,
                     compressed: 100..200,
-                    digest: [1; 32]
+                    digest: Digest::from_bytes([1; 32])
                 },
                 ChunkRef {
                     file_offset: 4,
                     size: 4,
                     compressed: 200..300,
-                    digest: [2; 32]
+                    digest: Digest::from_bytes([2; 32])
                 },
                 ChunkRef {
                     file_offset: 8,
                     size: 2,
                     compressed: 300..400,
-                    digest: [3; 32]
+                    digest: Digest::from_bytes([3; 32])
                 },
             ]
         );

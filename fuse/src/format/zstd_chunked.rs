@@ -12,9 +12,9 @@
 
 use std::io::Read;
 
-use sha2::{Digest, Sha256};
+use skiff_types::Digest;
 
-use super::toc::{format_sha256_digest, parse_toc_json, Limits, Toc};
+use super::toc::{parse_toc_json, Limits, Toc};
 use super::FormatError;
 
 /// Layer annotation locating the TOC.
@@ -110,7 +110,7 @@ pub fn parse_toc(
     region: &[u8],
     position: &ManifestPosition,
     limits: &Limits,
-) -> Result<(Toc, String), FormatError> {
+) -> Result<(Toc, Digest), FormatError> {
     if region.len() as u64 != position.length {
         return Err(FormatError::TocRegionSize {
             expected: position.length,
@@ -132,7 +132,7 @@ pub fn parse_toc(
             limit: limits.max_toc_bytes,
         });
     }
-    let digest = format_sha256_digest(&Sha256::digest(region).into());
+    let digest = Digest::of(region);
     let json = decode_exact(region, position.uncompressed_length)?;
     let toc = parse_toc_json(&json, limits)?;
     Ok((toc, digest))
@@ -210,10 +210,7 @@ mod tests {
         let (toc, digest) =
             parse_toc(&region, &position(&region, JSON.len()), &Limits::default()).unwrap();
         assert_eq!(toc.entries.len(), 1);
-        assert_eq!(
-            digest,
-            format_sha256_digest(&Sha256::digest(&region).into())
-        );
+        assert_eq!(digest, Digest::of(&region));
     }
 
     #[test]

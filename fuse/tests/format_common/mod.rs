@@ -469,13 +469,17 @@ pub fn read_file(tree: &FileTree, blob: &[u8], ino: Ino) -> Vec<u8> {
         let data = decompress_chunk(tree.compression(), span, chunk.size).unwrap();
         assert_eq!(
             Sha256::digest(&data)[..],
-            chunk.digest[..],
+            chunk.digest.as_bytes()[..],
             "chunk digest of {ino}"
         );
         out.extend(data);
     }
     if let Some(digest) = node.file_digest {
-        assert_eq!(Sha256::digest(&out)[..], digest[..], "file digest of {ino}");
+        assert_eq!(
+            Sha256::digest(&out)[..],
+            digest.as_bytes()[..],
+            "file digest of {ino}"
+        );
     }
     out
 }

@@ -113,17 +113,12 @@ pub(crate) fn snapshot_child(parent: &str, child: &str) -> Vec<u8> {
 
 /// Snapshot keys: non-empty, no NUL (the key separator).
 pub fn validate_snapshot_key(key: &str) -> Result<(), MetaError> {
-    let invalid = |reason| MetaError::InvalidSnapshotKey {
-        key: key.to_owned(),
-        reason,
-    };
-    if key.is_empty() {
-        return Err(invalid("must not be empty"));
-    }
-    if key.contains('\0') {
-        return Err(invalid("must not contain NUL"));
-    }
-    Ok(())
+    skiff_types::SnapshotKey::new(key)
+        .map(drop)
+        .map_err(|err| MetaError::InvalidSnapshotKey {
+            key: key.to_owned(),
+            reason: err.reason,
+        })
 }
 
 /// containerd's rule: `^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$`, at most 76 characters.
@@ -208,13 +203,16 @@ pub fn validate_container_id(id: &str) -> Result<(), MetaError> {
     Ok(())
 }
 
-/// Digests are stored in their canonical `algorithm:encoded` form, as OCI defines it.
+/// Digests are stored in their canonical form, `sha256:<64 lowercase hex>` (skiff's [`Digest`]).
+///
+/// [`Digest`]: skiff_types::Digest
 pub fn validate_digest(digest: &str) -> Result<(), MetaError> {
-    oci_spec::image::Digest::try_from(digest)
+    digest
+        .parse::<skiff_types::Digest>()
         .map(drop)
         .map_err(|e| MetaError::InvalidDigest {
             digest: digest.to_owned(),
-            reason: e.to_string(),
+            reason: e.reason.to_owned(),
         })
 }
 

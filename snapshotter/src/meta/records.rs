@@ -44,6 +44,17 @@ impl From<&oci_spec::image::Descriptor> for DescriptorRecord {
     }
 }
 
+impl From<&skiff_types::LayerDescriptor> for DescriptorRecord {
+    fn from(layer: &skiff_types::LayerDescriptor) -> Self {
+        DescriptorRecord {
+            media_type: layer.media_type.clone(),
+            digest: layer.digest.to_string(),
+            size: layer.size,
+            annotations: layer.annotations.clone(),
+        }
+    }
+}
+
 /// A named image in a namespace: a reference pointing at an index or manifest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
@@ -98,7 +109,7 @@ pub struct SnapshotRecord {
     /// Set for a committed snapshot whose `fs` is a remote (lazily read) layer: what to mount there again
     /// after a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remote: Option<crate::snapshots::remote::RemoteLayer>,
+    pub remote: Option<crate::snapshots::RemoteSnapshot>,
 }
 
 /// A container: metadata only (containerd's model); a running process is a task of the runtime layer.

@@ -13,19 +13,21 @@
 //! one lock that also orders the directory work; only the mount of a remote layer (network IO) runs
 //! without it, its target name, parent and directory reserved meanwhile.
 //!
-//! Remote (lazy) layers plug in at [`Snapshotter::prepare_with`]: given the typed [`RemoteLayer`] parsed
-//! from a `Prepare`'s labels, the [`RemoteLayers`] this snapshotter was given mount the layer read-only at
-//! [`SnapshotDirs::fs`] of a new committed snapshot named after the chain id (the containerd remote
-//! snapshotter contract, see [`remote`]), so mounts, usage and the rest stay as they are. Such a snapshot's
-//! record remembers the layer: [`Snapshotter::remount_remote`] mounts it again after a restart,
-//! [`Snapshotter::remove`] unmounts it. This module must not know FUSE.
+//! Remote (lazy) layers plug in through a reservation ([`Snapshotter::reserve_remote`]): the target name,
+//! its parent and a fresh directory are reserved under the lock, the caller mounts the layer read-only at
+//! the reservation's [`mountpoint`](RemoteReservation::mountpoint) without the lock (network IO, async),
+//! and [`RemoteReservation::commit`] records it as a committed snapshot; dropping the reservation
+//! abandons it and leaves nothing behind (the containerd remote snapshotter contract, see [`remote`]).
+//! Such a snapshot's record remembers the layer and its descriptor, so the daemon can mount it again after
+//! a restart ([`Snapshotter::remote_snapshots`]); [`Snapshotter::remove`] unmounts it through the
+//! [`RemoteMounts`] it was given. This module must not know FUSE.
 //!
 //! All methods block (disk and database); async callers use `spawn_blocking`.
 
 pub mod filter;
 pub mod mounts;
 pub mod remote;
-pub mod service;
+
 pub mod usage;
 
 use std::collections::HashMap;
@@ -36,7 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::meta::{
     validate_snapshot_key, Labels, MetaError, MetaStore, SnapshotRecord, WriteBatch,
@@ -44,7 +46,7 @@ use crate::meta::{
 pub use crate::meta::{SnapshotKind, UsageRecord as Usage};
 pub use filter::{AnyFilter, Fields, FilterError};
 pub use mounts::{mounts, unmount_and_remove, Mount, SnapshotDirs};
-pub use remote::{RemoteError, RemoteLayer, RemoteLayerStats, RemoteLayers};
+pub use remote::{RemoteError, RemoteLayer, RemoteLayerStats, RemoteMounts, RemoteSnapshot};
 
 use crate::unpack::{apply_layer, Applied, LayerBlob, UnpackError};
 
@@ -232,7 +234,7 @@ pub struct Snapshotter {
     lock: Arc<Mutex<Mounting>>,
     /// Signalled when a mount in [`Mounting`] ends.
     mount_done: Arc<Condvar>,
-    remote: Option<Arc<dyn RemoteLayers>>,
+    remote: Option<Arc<dyn RemoteMounts>>,
 }
 
 /// Remote layers being mounted, by target name: the snapshot id their directory has and their parent.
@@ -341,7 +343,7 @@ impl Snapshotter {
         });
         if !matches!(result, Ok(LayerSnapshot::Unpacked(_))) {
             if let Err(err) = self.remove(&key) {
-                warn!(key, error = %skiff_api::error_chain(&err), "cannot remove the snapshot of a failed unpack");
+                warn!(key, error = %skiff_types::error_chain(&err), "cannot remove the snapshot of a failed unpack");
             }
         }
         match &result {
@@ -350,14 +352,14 @@ impl Snapshotter {
             }
             Ok(LayerSnapshot::Existed) => debug!(name, "layer snapshot exists"),
             Err(err) => {
-                warn!(name, layer = %layer.digest, error = %skiff_api::error_chain(err), "unpack failed")
+                warn!(name, layer = %layer.digest, error = %skiff_types::error_chain(err), "unpack failed")
             }
         }
         result
     }
 
-    /// Serves layers that `Prepare` labels name through `remote` from now on (see [`remote`]).
-    pub fn with_remote_layers(mut self, remote: Arc<dyn RemoteLayers>) -> Self {
+    /// Remote snapshots are unmounted through `remote` when they go (see [`remote`]).
+    pub fn with_remote_mounts(mut self, remote: Arc<dyn RemoteMounts>) -> Self {
         self.remote = Some(remote);
         self
     }
@@ -367,33 +369,20 @@ impl Snapshotter {
         self.remote.is_some()
     }
 
-    /// Mounts every remote snapshot again (after a restart, before the socket opens). A layer that cannot
-    /// be mounted is logged and left empty; returns how many were mounted.
-    pub fn remount_remote(&self) -> Result<usize, SnapshotError> {
-        let Some(remote) = &self.remote else {
-            return Ok(0);
-        };
-        let _guard = self.lock();
-        let mut mounted = 0;
-        for record in self.meta.list_snapshots()? {
-            let Some(layer) = &record.remote else {
-                continue;
-            };
-            let fs = self.dirs().fs(record.id);
-            match remote.mount(layer, &fs) {
-                Ok(()) => mounted += 1,
-                Err(err) => error!(
-                    key = %record.key,
-                    layer = %layer.layer_digest,
-                    error = %skiff_api::error_chain(&err),
-                    "cannot mount remote snapshot again; it reads as empty"
-                ),
-            }
-        }
-        if mounted > 0 {
-            info!(mounted, "remote snapshots mounted again");
-        }
-        Ok(mounted)
+    /// Every remote snapshot: its key, what is mounted at its `fs` dir, and that directory (for mounting
+    /// them again after a restart).
+    pub fn remote_snapshots(
+        &self,
+    ) -> Result<Vec<(String, RemoteSnapshot, PathBuf)>, SnapshotError> {
+        Ok(self
+            .meta
+            .list_snapshots()?
+            .into_iter()
+            .filter_map(|record| {
+                let fs = self.dirs().fs(record.id);
+                record.remote.map(|remote| (record.key, remote, fs))
+            })
+            .collect())
     }
 
     /// Unmounts every remote snapshot (shutdown); failures are logged.
@@ -511,78 +500,30 @@ impl Snapshotter {
         self.create_locked(kind, key, parent, labels, &parent_ids)
     }
 
-    /// `prepare`, unless `layer` names a remote layer and this snapshotter serves them: then the layer is
-    /// mounted and committed under `layer.target` and the answer is `AlreadyExists` for that name (what
-    /// containerd expects of a remote snapshotter). A layer that cannot be served remotely (not lazy, or
-    /// any failure) falls back to an ordinary active snapshot that containerd unpacks into.
-    pub fn prepare_with(
+    /// Reserves the committed snapshot `target` on `parent` for a remote layer about to be mounted.
+    /// `Ok(None)` when `target` exists already (nothing to mount). Otherwise the checks of an ordinary
+    /// create run first, on `check_key` (containerd's `Prepare` key, which becomes an ordinary active
+    /// snapshot if the mount fails) or on `target` itself; a reservation of the same target in flight is
+    /// waited for (blocking). Under the reservation, the target name is taken, the parent has a child and
+    /// the directory is no orphan; the id counter is written first so no other snapshot takes its id.
+    pub fn reserve_remote(
         &self,
-        key: &str,
+        target: &str,
         parent: Option<&str>,
-        labels: Labels,
-        layer: Option<RemoteLayer>,
-    ) -> Result<Vec<Mount>, SnapshotError> {
-        let (Some(layer), Some(remote)) = (layer, self.remote.clone()) else {
-            return self.prepare(key, parent, labels);
-        };
-        validate_snapshot_key(key)?;
-        validate_snapshot_key(&layer.target)?;
-        validate_labels(&labels)?;
-        let parent = parent.filter(|p| !p.is_empty());
-        let guard = self.wait_for_mount(self.lock(), &layer.target);
-        if self.meta.get_snapshot(&layer.target)?.is_some() {
-            return Err(SnapshotError::AlreadyExists { key: layer.target });
-        }
-        let parent_ids = self.check_new(&guard, key, parent)?;
-        let (mounted, guard) =
-            self.mount_remote(guard, remote.as_ref(), &layer, parent, &labels, &parent_ids)?;
-        if mounted {
-            return Err(SnapshotError::AlreadyExists { key: layer.target });
-        }
-        // The lock was released during the mount: check again.
-        let parent_ids = self.check_new(&guard, key, parent)?;
-        self.create_locked(SnapshotKind::Active, key, parent, labels, &parent_ids)
-    }
-
-    /// Mounts `layer` and commits it as the snapshot `layer.target` on `parent` (skiff's own pull;
-    /// containerd's way in is [`Snapshotter::prepare_with`]). `true` when that snapshot is committed (now
-    /// or before), `false` when the layer cannot be served remotely (nothing is left behind).
-    pub fn commit_remote(
-        &self,
-        parent: Option<&str>,
-        layer: &RemoteLayer,
-        labels: Labels,
-    ) -> Result<bool, SnapshotError> {
-        let Some(remote) = self.remote.clone() else {
-            return Ok(false);
-        };
-        validate_snapshot_key(&layer.target)?;
-        validate_labels(&labels)?;
-        let parent = parent.filter(|p| !p.is_empty());
-        let guard = self.wait_for_mount(self.lock(), &layer.target);
-        if self.meta.get_snapshot(&layer.target)?.is_some() {
-            return Ok(true);
-        }
-        let parent_ids = self.check_new(&guard, &layer.target, parent)?;
-        let (mounted, _guard) =
-            self.mount_remote(guard, remote.as_ref(), layer, parent, &labels, &parent_ids)?;
-        Ok(mounted)
-    }
-
-    /// Mounts `layer` at a new snapshot dir and commits it under `layer.target`. The mount (network IO:
-    /// footer and TOC) runs without the lock: the target name, the parent and the directory's id are
-    /// reserved in [`Mounting`] meanwhile, and the id counter is written first so no other snapshot
-    /// takes the id. `false` (nothing left behind) when the layer cannot be served remotely. Returns the
-    /// lock, taken again.
-    fn mount_remote<'a>(
-        &'a self,
-        mut guard: MutexGuard<'a, Mounting>,
-        remote: &dyn RemoteLayers,
-        layer: &RemoteLayer,
-        parent: Option<&str>,
+        check_key: Option<&str>,
         labels: &Labels,
-        parent_ids: &[u64],
-    ) -> Result<(bool, MutexGuard<'a, Mounting>), SnapshotError> {
+    ) -> Result<Option<RemoteReservation>, SnapshotError> {
+        validate_snapshot_key(target)?;
+        if let Some(key) = check_key {
+            validate_snapshot_key(key)?;
+        }
+        validate_labels(labels)?;
+        let parent = parent.filter(|p| !p.is_empty());
+        let mut guard = self.wait_for_mount(self.lock(), target);
+        if self.meta.get_snapshot(target)?.is_some() {
+            return Ok(None);
+        }
+        let parent_ids = self.check_new(&guard, check_key.unwrap_or(target), parent)?;
         let id = self.meta.next_snapshot_id()?;
         let mut batch = WriteBatch::new();
         self.meta.stage_snapshot_next_id(&mut batch, id);
@@ -599,58 +540,17 @@ impl Snapshotter {
             let _ = remove_dir_if_present(&temp);
             return Err(err);
         }
-        let fs = self.dirs().fs(id);
         guard
             .0
-            .insert(layer.target.clone(), (id, parent.map(str::to_owned)));
-        drop(guard);
-        let mounted = remote.mount(layer, &fs);
-        let mut guard = self.lock();
-        guard.0.remove(&layer.target);
-        self.mount_done.notify_all();
-        match mounted {
-            Ok(()) => {}
-            Err(err) => {
-                match &err {
-                    RemoteError::NotLazy { .. } => {
-                        debug!(layer = %layer.layer_digest, error = %err, "not a lazy layer; containerd unpacks it")
-                    }
-                    _ => warn!(
-                        layer = %layer.layer_digest,
-                        image = %layer.image_ref,
-                        error = %skiff_api::error_chain(&err),
-                        "remote layer unavailable; containerd unpacks it"
-                    ),
-                }
-                remove_dir_if_present(&dir)?;
-                return Ok((false, guard));
-            }
-        }
-        let now = SystemTime::now();
-        let record = SnapshotRecord {
-            key: layer.target.clone(),
-            id,
-            kind: SnapshotKind::Committed,
+            .insert(target.to_owned(), (id, parent.map(str::to_owned)));
+        Ok(Some(RemoteReservation {
+            snapshotter: self.clone(),
+            target: target.to_owned(),
             parent: parent.map(str::to_owned),
             labels: labels.clone(),
-            created_at: now,
-            updated_at: now,
-            usage: Some(Usage::default()),
-            remote: Some(layer.clone()),
-        };
-        // The counter was written before the mount (and may have moved on since).
-        let mut batch = WriteBatch::new();
-        let written = self
-            .meta
-            .stage_put_snapshot(&mut batch, &record)
-            .and_then(|()| self.meta.write_batch(batch));
-        if let Err(err) = written {
-            unmount_quietly(remote, &fs);
-            let _ = remove_dir_if_present(&dir);
-            return Err(err.into());
-        }
-        info!(target = %layer.target, layer = %layer.layer_digest, id, "remote snapshot committed");
-        Ok((true, guard))
+            id,
+            committed: false,
+        }))
     }
 
     /// Checks that `key` is free and `parent` (if any) is committed; returns the parent's id and its
@@ -937,14 +837,91 @@ impl Snapshotter {
     }
 }
 
+/// A committed snapshot reserved for a remote layer while the caller mounts it (see
+/// [`Snapshotter::reserve_remote`]). [`commit`](Self::commit) records it; dropping it abandons it: whatever
+/// is mounted at the mountpoint is unmounted, the directory removed and the name released.
+pub struct RemoteReservation {
+    snapshotter: Snapshotter,
+    target: String,
+    parent: Option<String>,
+    labels: Labels,
+    id: u64,
+    committed: bool,
+}
+
+impl std::fmt::Debug for RemoteReservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteReservation")
+            .field("target", &self.target)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteReservation {
+    /// The empty directory to mount the layer at (the snapshot's `fs`).
+    pub fn mountpoint(&self) -> PathBuf {
+        self.snapshotter.dirs().fs(self.id)
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Records the snapshot, committed, with what is mounted at its mountpoint.
+    pub fn commit(mut self, remote: RemoteSnapshot) -> Result<(), SnapshotError> {
+        let snapshotter = self.snapshotter.clone();
+        let guard = snapshotter.lock();
+        let now = SystemTime::now();
+        let record = SnapshotRecord {
+            key: self.target.clone(),
+            id: self.id,
+            kind: SnapshotKind::Committed,
+            parent: self.parent.clone(),
+            labels: std::mem::take(&mut self.labels),
+            created_at: now,
+            updated_at: now,
+            usage: Some(Usage::default()),
+            remote: Some(remote),
+        };
+        // The counter was written at the reservation (and may have moved on since).
+        let mut batch = WriteBatch::new();
+        snapshotter.meta.stage_put_snapshot(&mut batch, &record)?;
+        snapshotter.meta.write_batch(batch)?;
+        self.committed = true;
+        drop(guard);
+        info!(target = %self.target, id = self.id, "remote snapshot committed");
+        Ok(())
+    }
+}
+
+impl Drop for RemoteReservation {
+    fn drop(&mut self) {
+        let snapshotter = &self.snapshotter;
+        let mut guard = snapshotter.lock();
+        guard.0.remove(&self.target);
+        if !self.committed {
+            if let Some(remote) = &snapshotter.remote {
+                unmount_quietly(remote.as_ref(), &snapshotter.dirs().fs(self.id));
+            }
+            let dir = snapshotter.dirs().dir(self.id);
+            if let Err(err) = remove_dir_if_present(&dir) {
+                warn!(dir = %dir.display(), error = %err, "abandoned remote snapshot dir left for cleanup");
+            }
+        }
+        drop(guard);
+        snapshotter.mount_done.notify_all();
+    }
+}
+
 /// Unmounts a remote layer; nothing mounted there is fine, other failures are logged.
-fn unmount_quietly(remote: &dyn RemoteLayers, mountpoint: &Path) {
+fn unmount_quietly(remote: &dyn RemoteMounts, mountpoint: &Path) {
     match remote.unmount(mountpoint) {
         Ok(()) => debug!(mountpoint = %mountpoint.display(), "remote layer unmounted"),
         Err(RemoteError::NotMounted { .. }) => {}
         Err(err) => warn!(
             mountpoint = %mountpoint.display(),
-            error = %skiff_api::error_chain(&err),
+            error = %skiff_types::error_chain(&err),
             "cannot unmount remote layer"
         ),
     }

@@ -14,7 +14,6 @@
 //! Blocking (disk IO, decompression, hashing): async callers use `spawn_blocking`. Knows nothing of
 //! snapshots' metadata, registries or FUSE.
 
-mod chain;
 mod paths;
 mod tree;
 
@@ -27,10 +26,10 @@ use std::path::{Path, PathBuf};
 use nix::sys::stat::SFlag;
 use nix::sys::time::TimeSpec;
 use sha2::{Digest as _, Sha256};
+use skiff_types::Digest;
 use tracing::{debug, warn};
 use xattr::FileExt as _;
 
-pub use chain::ChainId;
 use paths::{whiteout, Whiteout};
 pub use paths::{InnerPath, PathProblem, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use tree::{Meta, ParentError, Tree, OVERLAY_XATTR_PREFIX};
@@ -78,10 +77,10 @@ impl Compression {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LayerBlob {
     pub media_type: String,
-    /// `sha256:…` of the (compressed) blob.
-    pub digest: String,
-    /// `sha256:…` of the uncompressed tar (the image config's `rootfs.diff_ids` entry).
-    pub diff_id: String,
+    /// The (compressed) blob.
+    pub digest: Digest,
+    /// The uncompressed tar (the image config's `rootfs.diff_ids` entry).
+    pub diff_id: Digest,
 }
 
 /// What an apply did.
@@ -97,67 +96,61 @@ pub struct Applied {
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     #[error("layer {digest}: unsupported media type {media_type:?}")]
-    UnsupportedMediaType { digest: String, media_type: String },
-    #[error("layer {digest}: {what} {value:?} is not a sha256 digest")]
-    InvalidDigest {
-        digest: String,
-        what: &'static str,
-        value: String,
-    },
+    UnsupportedMediaType { digest: Digest, media_type: String },
     #[error("layer {digest}: reading the blob")]
     Read {
-        digest: String,
+        digest: Digest,
         #[source]
         source: io::Error,
     },
     #[error("layer {digest}: corrupt {compression} stream")]
     Decompress {
-        digest: String,
+        digest: Digest,
         compression: &'static str,
         #[source]
         source: io::Error,
     },
     #[error("layer {digest}: corrupt or truncated tar")]
     Tar {
-        digest: String,
+        digest: Digest,
         #[source]
         source: io::Error,
     },
     #[error("layer {digest}: unsafe path {path:?}: {reason}")]
     UnsafePath {
-        digest: String,
+        digest: Digest,
         path: String,
         reason: &'static str,
     },
     #[error("layer {digest}: unsupported tar entry type {kind} at {path:?}")]
     UnsupportedEntry {
-        digest: String,
+        digest: Digest,
         path: String,
         kind: String,
     },
     #[error("layer {digest}: invalid entry {path:?}: {reason}")]
     InvalidEntry {
-        digest: String,
+        digest: Digest,
         path: String,
         reason: String,
     },
     #[error("layer {digest}: {action} {path:?}")]
     Write {
-        digest: String,
+        digest: Digest,
         action: &'static str,
         path: String,
         #[source]
         source: io::Error,
     },
     #[error("layer blob digest mismatch: expected {expected}, the blob is {actual}")]
-    DigestMismatch { expected: String, actual: String },
+    DigestMismatch { expected: Digest, actual: Digest },
     #[error(
         "layer {digest}: diff id mismatch: expected {expected}, the uncompressed tar is {actual}"
     )]
     DiffIdMismatch {
-        digest: String,
-        expected: String,
-        actual: String,
+        digest: Digest,
+        expected: Digest,
+        actual: Digest,
     },
 }
 
@@ -179,8 +172,8 @@ impl<R: Read> Hashing<R> {
         }
     }
 
-    fn digest(&self) -> String {
-        format!("sha256:{}", hex::encode(self.hasher.clone().finalize()))
+    fn digest(&self) -> Digest {
+        Digest::from_hasher(self.hasher.clone())
     }
 }
 
@@ -201,15 +194,6 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-fn is_sha256(value: &str) -> bool {
-    value.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
-}
-
 /// Applies the layer read from `blob` to `upper` (an active snapshot's empty `fs` dir), with `lowers`
 /// the parents' `fs` dirs, nearest first (empty for a bottom layer). On error `upper` holds a partial
 /// layer: the caller discards the snapshot.
@@ -219,25 +203,16 @@ pub fn apply_layer(
     upper: &Path,
     lowers: &[PathBuf],
 ) -> Result<Applied, UnpackError> {
-    let digest = layer.digest.clone();
+    let digest = layer.digest;
     let compression = Compression::from_media_type(&layer.media_type).ok_or_else(|| {
         UnpackError::UnsupportedMediaType {
-            digest: digest.clone(),
+            digest,
             media_type: layer.media_type.clone(),
         }
     })?;
-    for (what, value) in [("blob digest", &layer.digest), ("diff id", &layer.diff_id)] {
-        if !is_sha256(value) {
-            return Err(UnpackError::InvalidDigest {
-                digest: digest.clone(),
-                what,
-                value: value.clone(),
-            });
-        }
-    }
     let open = |dir: &Path| {
         Tree::open(dir).map_err(|source| UnpackError::Write {
-            digest: digest.clone(),
+            digest,
             action: "open",
             path: dir.display().to_string(),
             source,
@@ -267,7 +242,7 @@ pub fn apply_layer(
         };
         let mut tar = Hashing::new(decoder);
         let mut extractor = Extractor {
-            digest: &digest,
+            digest,
             upper: &upper_tree,
             lowers: &lower_trees,
             dirs: Vec::new(),
@@ -282,21 +257,15 @@ pub fn apply_layer(
     };
     let stream_error = |source: io::Error, blob_failed: bool| {
         if blob_failed {
-            UnpackError::Read {
-                digest: digest.clone(),
-                source,
-            }
+            UnpackError::Read { digest, source }
         } else if tar_failed && compression != Compression::Uncompressed {
             UnpackError::Decompress {
-                digest: digest.clone(),
+                digest,
                 compression: compression.name(),
                 source,
             }
         } else {
-            UnpackError::Tar {
-                digest: digest.clone(),
-                source,
-            }
+            UnpackError::Tar { digest, source }
         }
     };
     let entries = match result {
@@ -311,14 +280,14 @@ pub fn apply_layer(
     let blob_digest = blob.digest();
     if blob_digest != layer.digest {
         return Err(UnpackError::DigestMismatch {
-            expected: layer.digest.clone(),
+            expected: layer.digest,
             actual: blob_digest,
         });
     }
     if tar_digest != layer.diff_id {
         return Err(UnpackError::DiffIdMismatch {
             digest,
-            expected: layer.diff_id.clone(),
+            expected: layer.diff_id,
             actual: tar_digest,
         });
     }
@@ -409,7 +378,7 @@ fn parse_pax_time(value: &str) -> Option<TimeSpec> {
 }
 
 struct Extractor<'a> {
-    digest: &'a str,
+    digest: Digest,
     upper: &'a Tree,
     lowers: &'a [Tree],
     /// Directories with the times to set once everything inside them is written.
@@ -431,7 +400,7 @@ impl Extractor<'_> {
 
     fn invalid(&self, path: &InnerPath, reason: impl Into<String>) -> UnpackError {
         UnpackError::InvalidEntry {
-            digest: self.digest.to_owned(),
+            digest: self.digest,
             path: path.to_string(),
             reason: reason.into(),
         }
@@ -442,7 +411,7 @@ impl Extractor<'_> {
         action: &'static str,
         path: &InnerPath,
     ) -> impl FnOnce(io::Error) -> UnpackError {
-        let digest = self.digest.to_owned();
+        let digest = self.digest;
         let path = path.to_string();
         move |source| UnpackError::Write {
             digest,
@@ -527,7 +496,7 @@ impl Extractor<'_> {
             return Ok(());
         }
         let path = InnerPath::parse(&raw).map_err(|problem| UnpackError::UnsafePath {
-            digest: self.digest.to_owned(),
+            digest: self.digest,
             path: raw.display().to_string(),
             reason: problem.reason(),
         })?;
@@ -647,7 +616,7 @@ impl Extractor<'_> {
             }
             other => {
                 return Err(UnpackError::UnsupportedEntry {
-                    digest: self.digest.to_owned(),
+                    digest: self.digest,
                     path: path.to_string(),
                     kind: format!("{other:?}"),
                 }
@@ -711,7 +680,7 @@ impl Extractor<'_> {
         raw_target: &Path,
     ) -> Result<(), UnpackError> {
         let target = InnerPath::parse(raw_target).map_err(|problem| UnpackError::UnsafePath {
-            digest: self.digest.to_owned(),
+            digest: self.digest,
             path: raw_target.display().to_string(),
             reason: problem.reason(),
         })?;
@@ -832,13 +801,5 @@ mod tests {
         );
         assert_eq!(parse_pax_time("x"), None);
         assert_eq!(parse_pax_time("1.2x"), None);
-    }
-
-    #[test]
-    fn sha256_digests() {
-        assert!(is_sha256(&format!("sha256:{}", "a".repeat(64))));
-        assert!(!is_sha256(&format!("sha256:{}", "A".repeat(64))));
-        assert!(!is_sha256("sha512:aa"));
-        assert!(!is_sha256("sha256:abc"));
     }
 }

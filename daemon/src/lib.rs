@@ -1,0 +1,21 @@
+//! skiffd, the daemon that wires skiff's crates together behind its gRPC API:
+//!
+//! - [`config`]: skiffd's TOML configuration (embedding the lazy filesystem's own config types);
+//! - [`daemon`]: startup (root lock, stores, remounts), the socket, and the designed shutdown;
+//! - [`grpc`]: the services, one module each, and the one error → `Status` mapping;
+//! - [`images`]: pulls (resolve once, then each layer mounted lazily or fetched and unpacked), image
+//!   details, removal with garbage collection;
+//! - [`lazy_layers`]: the glue between the snapshotter's remote layers and the FUSE lazy filesystem,
+//!   reading blobs through the registry client;
+//! - [`containers`], [`tasks`]: container records and their processes under `skiff-shim` + runc.
+//!
+//! Dependencies point one way: this crate uses `skiff-registry`, `skiff-fuse`, `skiff-snapshotter`,
+//! `skiff-runtime` and `skiff-api`; none of them knows this crate.
+
+pub mod config;
+pub mod containers;
+pub mod daemon;
+pub mod grpc;
+pub mod images;
+pub mod lazy_layers;
+pub mod tasks;

@@ -1,0 +1,192 @@
+//! Opening a lazy layer: its footer and TOC read through the layer's [`BlobSource`] (two or three Range
+//! requests), the format told by the descriptor's annotations (zstd:chunked names its TOC's position;
+//! otherwise an eStargz footer is looked for), and the TOC checked against the digest the manifest pins.
+//! A blob with no lazy format is [`OpenError::NotLazy`], which its user unpacks the ordinary way.
+
+use skiff_types::{Digest, LayerDescriptor};
+use tracing::warn;
+
+use super::{LayerConfig, LayerFormat, OpenError};
+use crate::fetch::{BlobSource, FetchError};
+use crate::format::chunk::Compression;
+use crate::format::toc::{Limits, Toc};
+use crate::format::{estargz, zstd_chunked, FormatError};
+
+/// Finds the layer's TOC and checks it against the manifest's annotation (or, when the manifest pins
+/// none, refuses it or trusts it as `config.require_toc_digest` says).
+pub(super) async fn find_toc(
+    source: &dyn BlobSource,
+    descriptor: &LayerDescriptor,
+    limits: &Limits,
+    config: &LayerConfig,
+) -> Result<FoundToc, OpenError> {
+    let reader = TocReader {
+        source,
+        descriptor,
+        limits,
+    };
+    let found = match descriptor_annotation(
+        descriptor,
+        zstd_chunked::MANIFEST_POSITION_ANNOTATION,
+        zstd_chunked::LEGACY_MANIFEST_POSITION_ANNOTATION,
+    ) {
+        Some(position) => reader.zstd_chunked(&position).await?,
+        None => reader.estargz().await?,
+    };
+    let digest = descriptor.digest;
+    match &found.pinned {
+        Some(expected) if *expected != found.toc_digest.to_string() => {
+            return Err(OpenError::TocDigestMismatch {
+                digest,
+                expected: expected.clone(),
+                actual: found.toc_digest.to_string(),
+            })
+        }
+        Some(_) => {}
+        None if config.require_toc_digest => {
+            return Err(OpenError::TocDigestMissing {
+                digest,
+                annotation: found.pin_annotation,
+            })
+        }
+        None => {
+            warn!(layer = %digest, "TOC digest not pinned by the manifest; trusting the TOC")
+        }
+    }
+    Ok(found)
+}
+
+/// A TOC as found in a blob, before it is trusted.
+pub(super) struct FoundToc {
+    pub(super) format: LayerFormat,
+    pub(super) compression: Compression,
+    pub(super) toc: Toc,
+    /// Where the last chunk's compressed bytes end at the latest.
+    pub(super) toc_end: u64,
+    toc_digest: Digest,
+    /// The digest the manifest pins, if it does, and the annotation that would pin it.
+    pinned: Option<String>,
+    pin_annotation: &'static str,
+}
+
+/// An annotation under its current name or the older `io.containers.` one (stargz-snapshotter's
+/// converter writes those).
+fn descriptor_annotation(descriptor: &LayerDescriptor, name: &str, legacy: &str) -> Option<String> {
+    descriptor
+        .annotations
+        .get(name)
+        .or_else(|| descriptor.annotations.get(legacy))
+        .cloned()
+}
+
+/// Reads a layer's footer and TOC region through its source.
+struct TocReader<'a> {
+    source: &'a dyn BlobSource,
+    descriptor: &'a LayerDescriptor,
+    limits: &'a Limits,
+}
+
+impl TocReader<'_> {
+    fn digest(&self) -> Digest {
+        self.descriptor.digest
+    }
+
+    fn format_error(&self, source: FormatError) -> OpenError {
+        OpenError::Format {
+            digest: self.digest(),
+            source,
+        }
+    }
+
+    async fn read(&self, range: std::ops::Range<u64>) -> Result<bytes::Bytes, OpenError> {
+        self.source
+            .read_range(range.clone())
+            .await
+            .map_err(|source| OpenError::Fetch {
+                digest: self.digest(),
+                source: FetchError::Source {
+                    blob: self.source.describe(),
+                    start: range.start,
+                    end: range.end,
+                    source,
+                },
+            })
+    }
+
+    /// Reads a TOC region after checking it lies in the blob and within the TOC size limit.
+    async fn read_toc_region(
+        &self,
+        range: std::ops::Range<u64>,
+    ) -> Result<bytes::Bytes, OpenError> {
+        let size = self.source.size();
+        if range.start > range.end
+            || range.end > size
+            || range.end - range.start > self.limits.max_toc_bytes
+        {
+            return Err(OpenError::TocOutOfBounds {
+                digest: self.digest(),
+                start: range.start,
+                end: range.end,
+                size,
+            });
+        }
+        self.read(range).await
+    }
+
+    async fn zstd_chunked(&self, position: &str) -> Result<FoundToc, OpenError> {
+        let position = zstd_chunked::parse_manifest_position(position)
+            .map_err(|err| self.format_error(err))?;
+        let region = self.read_toc_region(position.range()).await?;
+        let (toc, toc_digest) = zstd_chunked::parse_toc(&region, &position, self.limits)
+            .map_err(|err| self.format_error(err))?;
+        Ok(FoundToc {
+            format: LayerFormat::ZstdChunked,
+            compression: Compression::Zstd,
+            toc,
+            toc_end: position.payload_end(),
+            toc_digest,
+            pinned: descriptor_annotation(
+                self.descriptor,
+                zstd_chunked::MANIFEST_CHECKSUM_ANNOTATION,
+                zstd_chunked::LEGACY_MANIFEST_CHECKSUM_ANNOTATION,
+            ),
+            pin_annotation: zstd_chunked::MANIFEST_CHECKSUM_ANNOTATION,
+        })
+    }
+
+    async fn estargz(&self) -> Result<FoundToc, OpenError> {
+        let size = self.source.size();
+        if size < estargz::LEGACY_FOOTER_SIZE {
+            return Err(OpenError::NotLazy {
+                digest: self.digest(),
+                reason: format!("{size} bytes is too small for an eStargz footer"),
+            });
+        }
+        let tail = self
+            .read(size - estargz::FOOTER_SIZE.min(size)..size)
+            .await?;
+        let footer = estargz::parse_footer(&tail).map_err(|err| OpenError::NotLazy {
+            digest: self.digest(),
+            reason: format!("no eStargz footer ({err})"),
+        })?;
+        let range = footer
+            .toc_range(size)
+            .map_err(|err| self.format_error(err))?;
+        let region = self.read_toc_region(range).await?;
+        let (toc, toc_digest) =
+            estargz::parse_toc(&region, self.limits).map_err(|err| self.format_error(err))?;
+        Ok(FoundToc {
+            format: LayerFormat::Estargz,
+            compression: Compression::Gzip,
+            toc,
+            toc_end: footer.toc_offset,
+            toc_digest,
+            pinned: self
+                .descriptor
+                .annotations
+                .get(estargz::TOC_DIGEST_ANNOTATION)
+                .cloned(),
+            pin_annotation: estargz::TOC_DIGEST_ANNOTATION,
+        })
+    }
+}
