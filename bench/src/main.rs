@@ -25,7 +25,7 @@ enum Command {
     /// Concurrency: N containers of one image started at the same moment on a cold skiffd, against one;
     /// total ÷ single, registry bytes and duplicate chunk fetches; concurrent.csv.
     Concurrent(skiff_bench::coldstart::concurrent::ConcurrentArgs),
-    /// Build the benchmark images and push them as plain gzip, eStargz and optimized eStargz.
+    /// Build the benchmark images and push them as plain gzip, eStargz, optimized eStargz and zstd:chunked.
     #[command(subcommand)]
     Corpus(skiff_bench::corpus::CorpusCommand),
 }

@@ -1,7 +1,7 @@
 //! `skiff`: a ctr-like command line client of skiffd. It speaks only skiff's gRPC API (and, for
 //! `snapshot`, containerd's snapshots.v1) over the daemon's unix socket and links nothing of the daemon (no
 //! RocksDB, no FUSE). `image rpull` instead speaks
-//! containerd's API and resolves the image itself with skiff-fuse's registry client.
+//! containerd's API and resolves the image itself with skiff-registry's client.
 
 mod containers;
 mod content;

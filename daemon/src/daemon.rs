@@ -1,6 +1,18 @@
 //! The skiffd daemon: takes the root lock, opens the stores, mounts the remote (lazy) snapshots again,
-//! serves the gRPC services on a 0600 unix socket and shuts down cleanly on SIGTERM/SIGINT (stop
-//! accepting, drain, unmount the lazy layers, remove the socket).
+//! and serves the gRPC services on a 0600 unix socket until SIGTERM or SIGINT.
+//!
+//! Shutdown runs in a known order:
+//!
+//! 1. the socket stops accepting connections, and the daemon's own work is told to stop
+//!    ([`DaemonTasks::cancel`]): task output and content streams end at once, pulls stop at their next
+//!    step and remove what they made;
+//! 2. requests in flight finish (the gRPC server's graceful shutdown);
+//! 3. the daemon's spawned work is waited for ([`DaemonTasks::drain`], up to [`GRACE`]);
+//! 4. the socket file is removed;
+//! 5. the lazy layers' work stops (background fetching and readahead are cancelled, span fetches in
+//!    flight give up, read replies finish; up to [`GRACE`]);
+//! 6. every remote snapshot is unmounted, and whatever else is still mounted;
+//! 7. the root lock is released.
 
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
@@ -12,7 +24,7 @@ use skiff_api::v1;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
-use tracing::info;
+use tracing::{info, warn};
 
 use skiff_snapshotter::content::{ContentError, ContentStore};
 use skiff_snapshotter::meta::{MetaError, MetaStore};
@@ -27,6 +39,10 @@ use crate::grpc::{
 use crate::images::{Images, RegistrySources};
 use crate::lazy_layers::{FuseRemoteLayers, LazyLayersError, RemoteSnapshots};
 use crate::tasks::Tasks;
+use crate::work::DaemonTasks;
+
+/// How long each step of shutdown waits for the tasks it stops.
+pub const GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -154,6 +170,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         config.root.join("runc"),
         None,
     );
+    let work = DaemonTasks::default();
     let listener = match bind(&config.address) {
         Ok(listener) => listener,
         Err(err) => {
@@ -165,10 +182,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .map_err(io_error("install SIGTERM handler", &config.address))?;
     let mut interrupt = signal(SignalKind::interrupt())
         .map_err(io_error("install SIGINT handler", &config.address))?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = terminate.recv() => info!("SIGTERM received, shutting down"),
-            _ = interrupt.recv() => info!("SIGINT received, shutting down"),
+    let shutdown = {
+        let work = work.clone();
+        async move {
+            tokio::select! {
+                _ = terminate.recv() => info!("SIGTERM received, shutting down"),
+                _ = interrupt.recv() => info!("SIGINT received, shutting down"),
+            }
+            work.cancel();
         }
     };
     info!(root = %config.root.display(), address = %config.address.display(), "skiffd serving");
@@ -181,15 +202,20 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         ))
         .add_service(v1::images_server::ImagesServer::new(ImagesService {
             images,
+            work: work.clone(),
         }))
         .add_service(v1::content_server::ContentServer::new(ContentService {
             content: stores.content,
             meta: stores.meta,
+            work: work.clone(),
         }))
         .add_service(v1::containers_server::ContainersServer::new(
             ContainersService(containers, tasks.clone()),
         ))
-        .add_service(v1::tasks_server::TasksServer::new(TasksService(tasks)))
+        .add_service(v1::tasks_server::TasksServer::new(TasksService(
+            tasks,
+            work.clone(),
+        )))
         .add_service(
             SnapshotsService::new(snapshotter.clone())
                 .with_remote(remote)
@@ -197,7 +223,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         )
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
+    let left = work.drain(GRACE).await;
+    if left > 0 {
+        warn!(left, "daemon tasks still running after the grace period");
+    }
     let _ = std::fs::remove_file(&config.address);
+    lazy.stop_work(GRACE).await;
     let unmounted = tokio::task::spawn_blocking(move || snapshotter.unmount_remote()).await;
     // Whatever is still mounted (a failed remove, say) goes too.
     lazy.unmount_all();

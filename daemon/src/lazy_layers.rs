@@ -137,6 +137,11 @@ impl FuseRemoteLayers {
         }
     }
 
+    /// Stops the layers' fetching and waits for their tasks, up to `grace` (shutdown, before unmounting).
+    pub async fn stop_work(&self, grace: std::time::Duration) {
+        self.manager.stop_work(grace).await;
+    }
+
     /// Unmounts every layer still mounted (shutdown).
     pub fn unmount_all(&self) {
         self.manager.unmount_all();

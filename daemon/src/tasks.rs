@@ -20,7 +20,7 @@ use crate::containers::{ContainerError, Containers};
 use skiff_snapshotter::meta::{validate_container_id, validate_namespace, MetaError};
 use skiff_snapshotter::snapshots::{unmount_and_remove, Snapshotter};
 
-/// Failures of task operations; [`crate::service`] maps them to gRPC codes.
+/// Failures of task operations; [`crate::grpc::status`] maps them to gRPC codes.
 #[derive(Debug, thiserror::Error)]
 pub enum TaskFailure {
     #[error(transparent)]

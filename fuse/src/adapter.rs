@@ -215,7 +215,8 @@ impl Filesystem for LayerFs {
             Ok(Some(bytes)) => reply.data(&bytes),
             Ok(None) => {
                 let layer = Arc::clone(&self.layer);
-                self.runtime.spawn(async move {
+                let tasks = self.layer.tasks().clone();
+                tasks.spawn(&self.runtime, async move {
                     match layer.read(ino.0, offset, size).await {
                         Ok(bytes) => reply.data(&bytes),
                         Err(err) => {
@@ -426,7 +427,9 @@ impl MountedLayer {
                 mountpoint: mountpoint.to_path_buf(),
                 source,
             })?;
-        let background = runtime.spawn(Arc::clone(&layer).fetch_in_background());
+        let background = layer
+            .tasks()
+            .spawn_cancellable(&runtime, Arc::clone(&layer).fetch_in_background());
         Ok(MountedLayer {
             session: Some(session),
             background,

@@ -1,6 +1,7 @@
-//! `LayerManager`: the lazy layers one daemon has mounted. It owns the shared chunk store and settings,
-//! mounts a layer of an image at a directory on request, and unmounts one or all of them (on snapshot
-//! removal and at shutdown), so no mount outlives the daemon that made it.
+//! `LayerManager`: the lazy layers one daemon has mounted. It owns the shared chunk store (with the
+//! layers' readers and tasks) and settings, mounts a layer at a directory on request, and unmounts one or
+//! all of them (on snapshot removal and at shutdown); at shutdown it first stops the layers' work
+//! ([`LayerManager::stop_work`]), so no task and no mount outlives the daemon that made them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -111,6 +112,19 @@ impl LayerManager {
             })?;
         mounted.unmount()?;
         Ok(())
+    }
+
+    /// Ends the layers' work (shutdown): fetches nobody waits for (background, readahead) stop, spans in
+    /// flight give up, and the tasks are waited for, up to `grace`. The mounts stay until
+    /// [`unmount_all`](Self::unmount_all).
+    pub async fn stop_work(&self, grace: std::time::Duration) {
+        let left = self.store.tasks().shutdown(grace).await;
+        if left > 0 {
+            warn!(
+                left,
+                "lazy layer tasks still running after the grace period"
+            );
+        }
     }
 
     /// Unmounts every layer (shutdown). Failures are logged; every mount is attempted.

@@ -379,7 +379,7 @@ pub struct HookSpec {
     /// Absolute path of the program (resolved in the runtime's mount namespace, or the container's for
     /// `createContainer`/`startContainer`).
     pub path: PathBuf,
-    /// argv including argv[0]; empty means `[path]`.
+    /// argv including `argv[0]`; empty means `[path]`.
     pub args: Vec<String>,
     /// `KEY=VALUE` entries; the hook gets only these.
     pub env: Vec<String>,
@@ -396,7 +396,7 @@ impl FromStr for HookSpec {
 
 /// `--hook STAGE=PATH[,ARG...]`: `poststop=/usr/local/bin/cleanup,cleanup,--all`. STAGE is one of
 /// `prestart`, `createRuntime`, `createContainer`, `startContainer`, `poststart`, `poststop`; ARGs are
-/// argv from argv[0] on (default: PATH alone).
+/// argv from `argv[0]` on (default: PATH alone).
 pub fn parse_hook(input: &str) -> Result<HookSpec, OptionError> {
     let err = |reason: String| OptionError::Hook {
         input: input.to_owned(),

@@ -6,6 +6,14 @@
 //! The driver knows no shim, task dir or image. How the binary is spawned and waited for is a seam
 //! ([`ProcessRunner`]): a process that reaps every child itself (the shim, a child subreaper) must hand the
 //! runtime's exit status to the driver instead of letting `Command::output` race its reaper.
+//!
+//! Commands: `create` (`--bundle`, `--pid-file`, optional `--console-socket` and `--no-pivot`), `start`,
+//! `exec` (`--process`, `--pid-file`, optional `--detach` and `--console-socket`), `kill` (a signal 1..=64,
+//! optional `--all`), `delete` (optional `--force`), `pause`, `resume`, `state` (JSON, parsed into
+//! [`ContainerState`]) and `events --stats` (one sample of the cgroup statistics, [`parse_stats`]). Ids are
+//! checked first ([`check_container_id`]: no leading `-`). skiff gives the runtime a `--root` of its own
+//! ([`DEFAULT_RUNTIME_ROOT`] unless configured; skiffd uses `ROOT/runc`), apart from any other user of runc
+//! on the host.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom};

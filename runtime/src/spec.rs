@@ -9,6 +9,23 @@
 //! Process arguments follow docker and nerdctl: the image's `Entrypoint` followed by its `Cmd`; arguments
 //! given on the command line ([`SpecOptions::args`]) replace `Cmd` and keep `Entrypoint`; an explicit
 //! [`SpecOptions::entrypoint`] replaces `Entrypoint` and drops the image's `Cmd`.
+//!
+//! The rest of the process (an option wins over the image, the image over the default):
+//! - env: `PATH` ([`DEFAULT_PATH`] unless the image sets one), `TERM=xterm` with a terminal, the image's
+//!   `Env`, then [`SpecOptions::env`]; a key set again keeps its first position and takes the later value;
+//! - cwd: [`SpecOptions::cwd`], else the image's `WorkingDir` (made absolute), else `/`;
+//! - user: [`SpecOptions::user`], else the image's `User`, else root, resolved to uid, gid and
+//!   supplementary gids inside the rootfs without following a symlink out of it;
+//! - hostname: [`SpecOptions::hostname`], else the container id.
+//!
+//! Every container gets containerd's eight default mounts (proc, a tmpfs dev, devpts, shm, mqueue, sysfs
+//! and the cgroup filesystem read-only, a tmpfs run), the user's mounts after them (one on a default's
+//! destination replaces it), its own [`DEFAULT_NAMESPACES`] (pid, ipc, uts, mount, network), the 14
+//! [`DEFAULT_CAPABILITIES`] (bounding, permitted, effective; none inheritable or ambient),
+//! [`DEFAULT_MASKED_PATHS`] and [`DEFAULT_READONLY_PATHS`], `RLIMIT_NOFILE` [`DEFAULT_NOFILE`],
+//! `noNewPrivileges`, and a deny-all device rule (runc then allows the standard devices it creates).
+//! Memory, cpu and pids limits, a read-only root, the cgroups path and hooks come from [`SpecOptions`].
+//! `runtime/tests/spec_runc.rs` runs generated specs with the real runc.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -16,6 +16,17 @@
 //! | `EXEC.pid` | runc | the process's pid (`--pid-file`) |
 //! | `EXEC.process.json` | shim | an exec process's OCI `process` spec (`runc exec --process`) |
 //! | `EXEC.exit` | shim | the [`ExitStatus`], written once (temp file, fsync, rename) when the process is reaped |
+//!
+//! Files the shim or the spawner write whole (`shim.json`, `shim.pid`, `EXEC.exit`) are written durably
+//! (temp file, fsync, rename, fsync of the directory), so a crash leaves the old file or the new one. A task
+//! dir serves one task: its exit and pid files would otherwise answer for the next one. Where the task dir
+//! lives is the caller's choice (skiffd: `ROOT/tasks/NAMESPACE/ID`, with the bundle inside).
+//!
+//! Exit statuses follow containerd, ctr and the shells: the exit code, or 128 + the signal number when a
+//! signal killed the process ([`ExitStatus::signal`] tells the two apart); a status that was lost (the shim
+//! died before recording it) is [`UNKNOWN_EXIT_CODE`], never 0. A [`ShimConfig`] names the runtime binary
+//! and its `--root` ([`DEFAULT_RUNTIME`] and [`DEFAULT_RUNTIME_ROOT`] unless set), whether the init gets a
+//! terminal and stdin, and `no_pivot_root`.
 
 use std::fs::File;
 use std::io::{self, Write};

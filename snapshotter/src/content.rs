@@ -15,6 +15,11 @@
 //!
 //! It does not know which namespace or image references a blob: that lives in the metadata store
 //! ([`crate::meta`]), and deciding when a blob is unreferenced and may be deleted is the daemon's job.
+//!
+//! Writing and reading blob bytes is async (`tokio::fs`: [`ContentStore::writer`],
+//! [`ContentStore::ingest_bytes`], [`ContentStore::read_all`], [`ContentStore::open_blob`]); lookups,
+//! listing and deletion are short synchronous filesystem calls. A layer served lazily is not downloaded
+//! into this store: its chunks go to the lazy filesystem's chunk cache as they are read.
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -257,7 +257,7 @@ fn client() -> Result<RegistryClient> {
         docker_config: Some(
             concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/../fuse/tests/fixtures/empty-docker-config.json"
+                "/../registry/tests/fixtures/empty-docker-config.json"
             )
             .into(),
         ),

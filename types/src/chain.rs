@@ -1,6 +1,6 @@
 //! Chain ids (OCI image spec, "Layer ChainID"): the identity of a stack of layers, under which skiff and
-//! containerd commit a layer's snapshot. `chain(L0) = diffid(L0)`, `chain(L0..Ln) = sha256(chain(L0..Ln-1)
-//! + " " + diffid(Ln))`, written `sha256:<hex>`.
+//! containerd commit a layer's snapshot. The bottom layer's chain id is its diff id; each next one is
+//! `sha256(parent chain id + " " + diff id)`, written `sha256:<hex>` like any digest.
 
 use std::fmt;
 

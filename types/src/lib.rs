@@ -6,7 +6,7 @@
 //! - [`ChainId`]: the identity of a stack of layers (OCI image spec), one function computes it;
 //! - [`SnapshotKey`]: a snapshot's name, and the key scheme of skiff's own snapshots;
 //! - [`RemoteLayer`]: which layer of which image containerd's remote-snapshot labels name, with the one
-//!   codec both ends use ([`RemoteLayer::from_labels`] in the snapshotter's gRPC edge,
+//!   codec both ends use ([`RemoteLayer::from_labels`] at skiffd's gRPC edge,
 //!   [`RemoteLayer::to_labels`] in `skiff image rpull`).
 //!
 //! Plus [`error_chain`], how every edge shows an error with its sources.

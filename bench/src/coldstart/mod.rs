@@ -1,9 +1,23 @@
-//! The cold-start harness (issue "Cold-start benchmark"): workloads, the modes that start them, and the
-//! measurements of one start. It drives skiff and containerd the way a user does (their binaries) and
-//! knows none of their internals.
+//! The cold-start harness: workloads, the modes that start them, and the measurements of one start. It
+//! drives skiff and containerd the way a user does (their binaries) and knows none of their internals.
 //!
-//! A [`Mode`] starts one image variant for one workload and reports [`StartTimes`]; the registry sits
-//! behind a [`crate::link::ShapedLink`], whose counters give the bytes each start fetched.
+//! A [`Mode`] starts one image variant for one workload, cold or warm ([`Temperature`]), and reports
+//! [`StartTimes`] (pull, create, run to the ready line; for a lazy start by skiffd also what its layers
+//! fetched for readers, [`LazyReads`]); the registry sits behind a [`crate::link::ShapedLink`], whose
+//! counters give the bytes each start fetched. A cold start gets fresh daemons (empty caches) and a
+//! dropped page cache ([`daemons_for`]); a warm one reuses what the last start left.
+//!
+//! | mode | module | how a start runs |
+//! | --- | --- | --- |
+//! | `overlayfs` | [`overlayfs`] | a fresh containerd, `ctr image pull` (full pull), `ctr` create and start |
+//! | `skiff`, `skiff-ondemand` | [`skiff`] | a fresh skiffd, `skiff image pull`, `skiff container create`, `skiff task start`; `-ondemand` with background fetching off |
+//! | `skiff-containerd` | [`skiff_containerd`] | containerd with skiffd as its proxy snapshotter, `skiff image rpull`, `ctr` |
+//! | `stargz` (peer) | [`stargz`] | containerd with stargz-snapshotter's daemon, `ctr-remote image rpull`, `ctr`; when the daemon is found |
+//!
+//! Entry points: [`run`] (`skiff-bench run`: every workload × variant × mode, cold and warm; a table,
+//! `results.csv`, with `--json` `results.json`, `chart.png` via [`chart`]) and [`concurrent`] (`skiff-bench
+//! concurrent`). [`workloads`] reads the workloads file, [`ready`] times a command to its ready line. A
+//! new mode implements [`Mode`] in a module of its own and is named in `run::MODES`.
 
 pub mod chart;
 pub mod concurrent;
@@ -132,7 +146,7 @@ pub fn drop_caches() -> Result<()> {
 }
 
 /// A start on containerd: `pull` (a `ctr`-like command fetching the image, which must succeed; its error
-/// carries `log`, the log of the daemon behind it), then [`ctr_create_and_run`] with `snapshotter`.
+/// carries `log`, the log of the daemon behind it), then `ctr_create_and_run` with `snapshotter`.
 pub fn containerd_start(
     containerd: &skiff_tests::Containerd,
     pull: &mut std::process::Command,

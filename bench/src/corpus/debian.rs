@@ -419,7 +419,7 @@ impl DebianBuilder {
     }
 
     /// `pip install PACKAGES` (binary wheels for the image's Python and glibc) into the image's
-    /// dist-packages, by the host's pip (see [`packages`]).
+    /// dist-packages, by the host's pip (see `corpus::packages`).
     pub fn pip_install(&self, lower: &[Step], packages: &[&str]) -> Result<Step> {
         let parent = lower.last().context("an install step needs a base")?;
         let trees: Vec<&Path> = lower.iter().rev().map(|step| step.tree.as_path()).collect();
@@ -453,7 +453,7 @@ impl DebianBuilder {
     }
 
     /// `npm install --omit=dev PACKAGES` in the image's project directory `project` (absolute), which
-    /// also gets `files` (name, contents), by the host's npm (see [`packages`]).
+    /// also gets `files` (name, contents), by the host's npm (see `corpus::packages`).
     pub fn npm_install(
         &self,
         lower: &[Step],

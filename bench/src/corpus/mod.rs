@@ -15,6 +15,12 @@
 //! The Debian layers are built by [`debian`] (chroot installs on overlayfs, each upper directory a layer,
 //! written by [`dir_layer`]; PyPI and npm layers by [`packages`]) and cached with the downloads under
 //! `--cache`, so a rebuild only writes the layouts.
+//!
+//! `build` writes each image as an OCI layout (tag `org`) under `--out`. `push` pushes `org` and the lazy
+//! variants ([`LAZY_VARIANTS`], chosen with `--variants`) to a running registry, or to a registry storage
+//! directory over which it starts a docker-registry (what `skiff-bench run --registry-dir` serves); it
+//! converts and optimizes with the test kit's throwaway containerd, the optimized variants recording the
+//! command of each image's workload in the workloads file.
 
 pub mod debian;
 pub mod dir_layer;

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::status::StatusExt;
 use super::{timestamp, ServiceStream};
+use crate::work::DaemonTasks;
 
 /// Bytes per message when streaming a blob.
 const READ_CHUNK: usize = 1 << 20;
@@ -20,6 +21,8 @@ const READ_CHUNK: usize = 1 << 20;
 pub struct ContentService {
     pub(crate) content: ContentStore,
     pub(crate) meta: MetaStore,
+    /// Owns the read streams.
+    pub(crate) work: DaemonTasks,
 }
 
 /// A digest from a client: only sha256 names content in skiff.
@@ -116,9 +119,10 @@ impl v1::content_server::Content for ContentService {
         let (tx, rx) = mpsc::channel(4);
         let digest = request.digest;
         let mut offset = request.offset;
-        tokio::spawn(async move {
+        let shutdown = self.work.token().clone();
+        self.work.spawn(async move {
             let mut buffer = vec![0u8; READ_CHUNK];
-            while offset < end {
+            while offset < end && !shutdown.is_cancelled() {
                 let want = READ_CHUNK.min((end - offset) as usize);
                 let message = match file.read(&mut buffer[..want]).await {
                     Ok(0) => Err(Status::data_loss(format!(

@@ -10,12 +10,15 @@ use tracing::warn;
 
 use super::{timestamp, ServiceStream};
 use crate::images::{ImageDetail, Images, PullEvent, SnapshotSource};
+use crate::work::DaemonTasks;
 use skiff_snapshotter::meta::{DescriptorRecord, ImageRecord};
 
 /// The `Images` service.
 #[derive(Clone)]
 pub struct ImagesService {
     pub(crate) images: Images,
+    /// Owns the pulls (they outlive the request that started them).
+    pub(crate) work: DaemonTasks,
 }
 
 fn descriptor(record: &DescriptorRecord) -> v1::Descriptor {
@@ -84,14 +87,17 @@ impl v1::images_server::Images for ImagesService {
         let (events_tx, mut events_rx) = mpsc::channel(64);
         let (out_tx, out_rx) = mpsc::channel(64);
         let images = self.images.clone();
-        // The pull runs to completion even if the client goes away; its record then waits for the next `ls`.
-        tokio::spawn(async move {
+        let cancel = self.work.token().clone();
+        // The pull runs to completion even if the client goes away (its record then waits for the next
+        // `ls`); shutdown stops it at its next step, and it cleans up after itself.
+        self.work.spawn(async move {
             let pull = images.pull(
                 &request.namespace,
                 &request.reference,
                 request.plain_http,
                 credentials,
                 events_tx,
+                &cancel,
             );
             tokio::pin!(pull);
             let result = loop {

@@ -155,6 +155,7 @@ impl ToStatus for ImageError {
                 Status::failed_precondition(error_chain(&self))
             }
             ImageError::Task(err) => Status::internal(format!("pull task failed: {err}")),
+            ImageError::Cancelled => Status::unavailable(error_chain(&self)),
         }
     }
 }

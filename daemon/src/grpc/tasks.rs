@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::{timestamp, ServiceStream};
 use crate::tasks::{ExecRequest, TaskFailure, Tasks};
+use crate::work::DaemonTasks;
 
 fn exit_status(exit: &skiff_runtime::task::ExitStatus) -> v1::ExitStatus {
     let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(exit.exited_at_unix_ns);
@@ -47,9 +48,9 @@ fn task(container_id: &str, state: &skiff_runtime::task::ProcessState) -> v1::Ta
     }
 }
 
-/// The `Tasks` service over [`Tasks`].
+/// The `Tasks` service over [`Tasks`]; output streams are owned by the daemon's [`DaemonTasks`].
 #[derive(Clone)]
-pub struct TasksService(pub Tasks);
+pub struct TasksService(pub Tasks, pub DaemonTasks);
 
 /// Bytes per message when streaming a process's output.
 const OUTPUT_CHUNK: usize = 64 << 10;
@@ -232,7 +233,8 @@ impl v1::tasks_server::Tasks for TasksService {
         let (stdout, stderr, _) = self.0.stdio(&r.namespace, &r.container_id, &r.exec_id)?;
         let (tx, rx) = mpsc::channel(16);
         let tasks = self.0.clone();
-        tokio::spawn(async move {
+        let shutdown = self.1.token().clone();
+        self.1.spawn(async move {
             let mut offsets = (0, 0);
             // One wait for the process's exit (a held connection to its shim), not a question per poll.
             let waited = async {
@@ -248,6 +250,8 @@ impl v1::tasks_server::Tasks for TasksService {
                     tokio::select! {
                         () = &mut waited => exited = true,
                         () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                        // The daemon stops: what is on disk goes out, then the stream ends.
+                        () = shutdown.cancelled() => exited = true,
                     }
                 }
                 // Read after the exit is known: a process's output is on disk before its exit is.

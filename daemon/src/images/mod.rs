@@ -1,4 +1,4 @@
-//! Images: pulling a reference ([`pull`]: manifest, config and index into the content store, then the
+//! Images: pulling a reference (`pull.rs`: manifest, config and index into the content store, then the
 //! image's snapshot chain, each layer either mounted lazily as a remote snapshot, its blob never
 //! downloaded, or downloaded, verified and unpacked into a committed snapshot named by its chain id),
 //! describing a stored image, and deleting one with garbage collection of the blobs and snapshots no
@@ -103,6 +103,8 @@ pub enum ImageError {
     Snapshot(#[from] SnapshotError),
     #[error("snapshot task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("skiffd is shutting down")]
+    Cancelled,
 }
 
 /// What a stored image resolves to on this host.

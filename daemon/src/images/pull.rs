@@ -15,6 +15,7 @@ use skiff_snapshotter::snapshots::{LayerSnapshot, SnapshotError, Snapshotter};
 use skiff_snapshotter::unpack::LayerBlob;
 use skiff_types::{is_inherited_annotation, ChainId, LayerDescriptor, RemoteLayer};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument};
 
 use super::source::ImageSource;
@@ -51,14 +52,28 @@ struct Pull<'a> {
     source: &'a dyn ImageSource,
     reference: &'a Reference,
     progress: &'a mpsc::Sender<PullEvent>,
+    /// Shutdown: the pull stops at its next step and cleans up like a failed one.
+    cancel: &'a CancellationToken,
     /// Blobs it wrote into the content store (removed again if the pull fails).
     written: Mutex<Vec<Digest>>,
+}
+
+impl Pull<'_> {
+    /// `Err(Cancelled)` once shutdown has begun.
+    fn go_on(&self) -> Result<(), ImageError> {
+        if self.cancel.is_cancelled() {
+            Err(ImageError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 impl Images {
     /// Resolves `reference`, fetches every blob not yet stored, and records the image in `namespace`
     /// together with its content references in one batch. Progress goes to `progress`; a client that
-    /// stops listening does not stop the pull.
+    /// stops listening does not stop the pull; `cancel` does (shutdown), at the next step, and what the
+    /// pull made is removed as after any failure.
     #[instrument(skip_all, fields(namespace = %namespace, reference = %reference))]
     pub async fn pull(
         &self,
@@ -67,6 +82,7 @@ impl Images {
         plain_http: bool,
         credentials: Option<Credentials>,
         progress: mpsc::Sender<PullEvent>,
+        cancel: &CancellationToken,
     ) -> Result<ImageRecord, ImageError> {
         let reference: Reference = reference.parse()?;
         let credentials_given = credentials.is_some();
@@ -112,6 +128,7 @@ impl Images {
             source: source.as_ref(),
             reference: &reference,
             progress: &progress,
+            cancel,
             written: Mutex::new(Vec::new()),
         };
         let mut created = Vec::new();
@@ -167,6 +184,7 @@ impl Images {
         plan: &[LayerPlan],
     ) -> Result<(), ImageError> {
         for blob in small {
+            pull.go_on()?;
             let cached = self.content.contains(&blob.digest);
             if !cached {
                 self.content.ingest_bytes(&blob.digest, blob.bytes).await?;
@@ -215,7 +233,14 @@ impl Images {
         let mut stream = pull.source.fetch_blob(pull.reference, layer).await?;
         let mut writer = self.content.writer(&layer.digest, Some(layer.size)).await?;
         let mut reported = 0;
-        while let Some(chunk) = stream.next().await {
+        loop {
+            let chunk = tokio::select! {
+                chunk = stream.next() => chunk,
+                () = pull.cancel.cancelled() => return Err(ImageError::Cancelled),
+            };
+            let Some(chunk) = chunk else {
+                break;
+            };
             writer.write(&chunk?).await?;
             if writer.written() - reported >= PROGRESS_STEP {
                 reported = writer.written();
@@ -319,6 +344,7 @@ impl Images {
         };
         let mut parent: Option<String> = None;
         for layer in plan {
+            pull.go_on()?;
             let mut source = SnapshotSource::Existed;
             if snapshotter.stat(&layer.key).is_err() {
                 source = SnapshotSource::Unpacked;

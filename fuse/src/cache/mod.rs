@@ -25,6 +25,11 @@
 //! It knows nothing of registries, layer formats, HTTP or FUSE: callers fetch, decompress and assemble; the
 //! cache stores and serves bytes. All methods are synchronous; those that may touch the disk (`open`,
 //! `get` on a memory miss, `insert`, `verify`, `touch`) belong on a blocking thread.
+//!
+//! One store serves every lazy layer of a daemon (skiffd opens it at `ROOT/chunks`; the layers share it
+//! through `fetch::SharedStore`), so a chunk two layers or images have in common is stored once. A
+//! [`PinGuard`] keeps an entry from eviction while it is in use, e.g. as the backing file of a FUSE
+//! passthrough open. Sizes are the `[cache]` section of skiffd's config ([`CacheConfig`]).
 
 mod memory;
 mod store;

@@ -14,7 +14,8 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::{debug, warn};
 
 use super::{
-    BlobSource, CorruptChunk, FetchConfig, FetchError, LayerStats, SharedStore, SourceError,
+    BlobSource, CorruptChunk, FetchConfig, FetchError, LayerStats, LayerTasks, SharedStore,
+    SourceError,
 };
 use crate::cache::{CacheError, ChunkStore};
 use crate::format::chunk::{decompress_chunk, Compression};
@@ -99,6 +100,11 @@ impl ChunkFetcher {
 
     pub fn store(&self) -> &ChunkStore {
         self.store.store()
+    }
+
+    /// Where this layer's tasks are tracked (shared with every layer of the store).
+    pub fn tasks(&self) -> &LayerTasks {
+        self.store.tasks()
     }
 
     pub fn stats(&self) -> &Arc<LayerStats> {
@@ -224,8 +230,12 @@ impl ChunkFetcher {
         let this = Arc::clone(self);
         let urgent = Arc::new(AtomicBool::new(priority != Priority::Background));
         let promoted = Arc::clone(&urgent);
-        let task = tokio::spawn(async move {
-            let result = this.fetch_span(&span, priority, &promoted).await;
+        let tasks = self.store.tasks();
+        let task = tasks.spawn(&tokio::runtime::Handle::current(), async move {
+            let result = tokio::select! {
+                result = this.fetch_span(&span, priority, &promoted) => result,
+                () = this.store.tasks().cancelled() => Err(FetchError::Cancelled),
+            };
             let mut inflight = lock(&this.inflight);
             for chunk in &span.chunks {
                 inflight.remove(&chunk.digest);

@@ -11,9 +11,9 @@
 //!   while readers wait on the network — readers of any layer sharing the chunk store, as the layers of
 //!   an image share the link.
 
-mod activity;
 mod fetcher;
 pub mod policy;
+mod shared;
 mod source;
 
 use std::path::PathBuf;
@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-pub use activity::{ReaderActivity, ReaderWait, SharedStore};
 pub use fetcher::{ChunkFetcher, Priority};
+pub use shared::{LayerTasks, ReaderActivity, ReaderWait, SharedStore};
 pub use source::{check_range, BlobSource, FileBlob, MemoryBlob};
 
 use crate::cache::CacheError;
@@ -100,7 +100,7 @@ pub struct FetchConfig {
     pub parallel_requests: usize,
     /// Attempts per span when the registry fails or sends bytes that do not verify.
     pub attempts: u32,
-    /// Largest readahead after sequential reads, in bytes; it starts at one chunk and doubles.
+    /// Largest readahead after sequential reads, in bytes; a sequential read starts it at twice its own size, and each next one doubles it.
     pub max_readahead_bytes: u64,
     /// When a read misses, also fetch (beside it, unawaited) the chunks that follow it in the blob, up
     /// to this many compressed bytes: a starting program reads many small files that lie near each

@@ -11,6 +11,14 @@
 //! - OCI whiteouts become what overlayfs expects from a lower layer: `.wh.NAME` a `0000 root:root`
 //!   character device 0/0 named `NAME` (unless the layer also has a real `NAME`), `.wh..wh..opq` the
 //!   xattr `trusted.overlay.opaque=y` on its directory; other `.wh..wh.*` entries are hidden.
+//!
+//! Inode numbers are dense, from [`ROOT_INO`], and stable for a given TOC. A file's [`ChunkRef`]s give each
+//! chunk's place in the file, its compressed range in the blob (which may run past the chunk: eStargz has
+//! no end offsets, so decompressing `size` bytes from the start is what counts) and its sha256, the chunk
+//! cache's key; a file's own digest, when the TOC has one, keys its whole-file copy. The files before
+//! `.prefetch.landmark` are remembered in TOC order ([`FileTree::prefetch_inodes`]) for prefetching.
+//! Building is bounded by the TOC's [`Limits`] and refuses what a kernel could not show (names over 255
+//! bytes, hard links to directories or in loops).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Range;

@@ -19,7 +19,8 @@ mod open;
 use crate::cache::{CacheError, PinGuard};
 use crate::fetch::policy::{self, DirectoryFetch, Readahead};
 use crate::fetch::{
-    BlobSource, ChunkFetcher, FetchConfig, FetchError, LayerStats, Priority, SharedStore,
+    BlobSource, ChunkFetcher, FetchConfig, FetchError, LayerStats, LayerTasks, Priority,
+    SharedStore,
 };
 use crate::format::toc::Limits;
 use crate::format::tree::{ChunkRef, FileTree, Ino, Node, NodeKind, ROOT_INO};
@@ -220,6 +221,11 @@ impl LazyLayer {
 
     pub fn stats(&self) -> &Arc<LayerStats> {
         self.fetcher.stats()
+    }
+
+    /// Where the tasks serving this layer are tracked.
+    pub fn tasks(&self) -> &LayerTasks {
+        self.fetcher.tasks()
     }
 
     /// The layer's distinct chunks (by digest, as the chunk store keys them) and how many of those are
@@ -436,11 +442,13 @@ impl LazyLayer {
     /// Fetches readahead chunks without anyone waiting for them.
     fn fetch_ahead(&self, ahead: Vec<ChunkRef>) {
         let fetcher = Arc::clone(&self.fetcher);
-        self.runtime.spawn(async move {
-            if let Err(err) = fetcher.get(&ahead, Priority::Prefetch).await {
-                debug!(error = %err, "readahead failed");
-            }
-        });
+        self.fetcher
+            .tasks()
+            .spawn_cancellable(&self.runtime, async move {
+                if let Err(err) = fetcher.get(&ahead, Priority::Prefetch).await {
+                    debug!(error = %err, "readahead failed");
+                }
+            });
     }
 
     /// The uncached chunks of the readahead window after a read of `[start, end)`: [`Readahead::plan`].

@@ -1,14 +1,17 @@
-//! The metadata store: namespaces, images, content references and containers, as typed records over an ordered
-//! key-value seam ([`KvStore`]) that is RocksDB in the daemon ([`RocksKv`]) and a map in tests ([`MemKv`]).
+//! The metadata store: namespaces, images, content references and containers (per namespace), and the
+//! records of snapshots (a key space of their own, since snapshots.v1 is not namespaced), as typed records
+//! over an ordered key-value seam ([`KvStore`]) that is RocksDB in the daemon ([`RocksKv`], under
+//! `ROOT/metadata`, writes synced) and a map in tests ([`MemKv`]). No `rocksdb` type leaves `kv.rs`.
 //!
 //! It owns the keyspace layout (documented in [`keys`]) and the rules containerd clients rely on: valid
 //! namespace names, a namespace is created implicitly by the first record put into it, a namespace is only
 //! removed when empty, and a record and everything it implies (an image and the blobs it references, an
-//! implicit namespace) are written in one atomic batch.
+//! implicit namespace) are written in one atomic batch. Snapshot records are staged into batches by
+//! [`crate::snapshots`], which owns their rules (`stage_*`, [`MetaStore::write_batch`]).
 //!
 //! It does not touch blob files: [`crate::content`] stores them, and the daemon asks
 //! [`MetaStore::content_referenced_anywhere`] before deleting one. All calls block on the database; async
-//! callers go through `tokio::task::spawn_blocking`.
+//! callers go through [`MetaStore::blocking`] (tokio's blocking pool).
 
 mod containers;
 pub mod keys;

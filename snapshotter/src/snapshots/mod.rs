@@ -3,8 +3,15 @@
 //! A snapshot is a directory `ROOT/snapshots/{id}` with `fs` (its tree) and, while active, `work`
 //! (overlayfs's work dir), plus a [`SnapshotRecord`] under its key. Kinds follow containerd: `Prepare` makes
 //! an *active* (writable) snapshot, `View` a read-only *view*, `Commit` turns an active snapshot into a
-//! *committed* one under a new name, and only committed snapshots can be parents. [`mounts`] says how the
-//! caller mounts one (a bind mount, or overlayfs over the parents' `fs` dirs); nothing is mounted here.
+//! *committed* one under a new name, and only committed snapshots can be parents. [`mounts()`] says how the
+//! caller mounts one, as containerd's overlayfs snapshotter would: a bind mount (`rw`, or `ro` for a view)
+//! when there is one directory to show, otherwise `overlay` with `lowerdir` = the parents' `fs` dirs,
+//! nearest first, plus `upperdir` / `workdir` for an active snapshot. Nothing is mounted here. `List` takes
+//! containerd's filter syntax ([`filter`]); `Update` changes labels only.
+//!
+//! Keys are one global space (snapshots.v1 is not namespaced by the request: containerd puts its namespace
+//! into its keys); skiff's own keys (`skiff.image/<chain id>`, `skiff.ns/NAMESPACE/KEY`) are
+//! `skiff_types::SnapshotKey`'s scheme, and this module treats every key alike.
 //!
 //! Crash safety: a new snapshot's directory is made under a temporary name, renamed to its id, and only
 //! then its record (and the id counter) is written in one batch; removal deletes the record first, then the
@@ -14,13 +21,22 @@
 //! without it, its target name, parent and directory reserved meanwhile.
 //!
 //! Remote (lazy) layers plug in through a reservation ([`Snapshotter::reserve_remote`]): the target name,
-//! its parent and a fresh directory are reserved under the lock, the caller mounts the layer read-only at
-//! the reservation's [`mountpoint`](RemoteReservation::mountpoint) without the lock (network IO, async),
-//! and [`RemoteReservation::commit`] records it as a committed snapshot; dropping the reservation
-//! abandons it and leaves nothing behind (the containerd remote snapshotter contract, see [`remote`]).
+//! its parent and a fresh directory are reserved under the lock (the id counter is written first, so no
+//! other snapshot takes the id), the caller mounts the layer read-only at the reservation's
+//! [`mountpoint`](RemoteReservation::mountpoint) without the lock (network IO, async), and
+//! [`RemoteReservation::commit`] records it as a committed snapshot; dropping the reservation abandons it
+//! (unmounts, removes the directory, frees the name) and leaves nothing behind (the containerd remote
+//! snapshotter contract, see [`remote`]). While a reservation lives, a second reservation of the same name
+//! waits for it (one mount; the second then finds the snapshot), creating or committing that name is
+//! `AlreadyExists`, removing its parent is `HasChildren`, and `cleanup` leaves its directory alone.
 //! Such a snapshot's record remembers the layer and its descriptor, so the daemon can mount it again after
 //! a restart ([`Snapshotter::remote_snapshots`]); [`Snapshotter::remove`] unmounts it through the
 //! [`RemoteMounts`] it was given. This module must not know FUSE.
+//!
+//! [`Snapshotter::unpack_layer`] turns a layer blob into a committed snapshot: an active snapshot under a
+//! temporary key ([`UNPACK_KEY_PREFIX`]; left-overs of a crash are removed at open) gets the layer
+//! ([`crate::unpack`]) outside the lock, and is committed under the layer's name; on failure it is removed
+//! and nothing is committed.
 //!
 //! All methods block (disk and database); async callers use `spawn_blocking`.
 
@@ -50,7 +66,7 @@ pub use remote::{RemoteError, RemoteLayer, RemoteLayerStats, RemoteMounts, Remot
 
 use crate::unpack::{apply_layer, Applied, LayerBlob, UnpackError};
 
-/// Failures of snapshot operations; [`service`] maps each to the gRPC code containerd expects.
+/// Failures of snapshot operations; skiffd maps each to the gRPC code containerd expects.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("snapshot {key:?} not found")]

@@ -1,11 +1,21 @@
 //! Applying an OCI image layer (a tar, plain or gzip or zstd compressed) to an active snapshot's `fs`
 //! dir, with the result containerd's overlayfs snapshotter produces: the directory holds only what the
 //! layer changes, OCI whiteouts become what overlayfs understands (`.wh.NAME` → a 0/0 character device
-//! `NAME`, `.wh..wh..opq` → `trusted.overlay.opaque=y` on its directory) when the snapshot has parents,
-//! and missing parent directories take their metadata from the nearest parent layer.
+//! `NAME`, `.wh..wh..opq` → `trusted.overlay.opaque=y` on its directory) when the snapshot has parents
+//! (in a bottom layer a whiteout only deletes, and an opaque marker does nothing), and missing parent
+//! directories take their metadata from the nearest parent layer.
 //!
-//! Safety: entry names are cleaned lexically ([`paths`]: no `..`, `/` means the snapshot root) and
-//! resolved only inside the snapshot (`openat2` with `RESOLVE_IN_ROOT`, [`tree`]), so neither a
+//! [`apply_layer`] streams the blob through sha256 (the blob digest), the decompressor chosen by the media
+//! type ([`Compression`]: flate2's multi-member gzip, zstd) and sha256 again (the diff id) into the `tar`
+//! crate; both digests must match once the last byte (trailing bytes included) has passed. Each entry gets
+//! its owner, mode (setuid, setgid and sticky bits included), times (PAX times when present) and
+//! `SCHILY.xattr` records; `trusted.overlay.*` xattrs in a layer are ignored, and directory times are set
+//! last, once nothing more is written inside them. A hard link to a file of a lower layer copies that file
+//! up first, as overlayfs would. [`Snapshotter::unpack_layer`](crate::snapshots::Snapshotter::unpack_layer)
+//! wraps it in a temporary active snapshot and commits the result.
+//!
+//! Safety: entry names are cleaned lexically (`paths`: no `..`, `/` means the snapshot root) and
+//! resolved only inside the snapshot (`openat2` with `RESOLVE_IN_ROOT`, `tree`), so neither a
 //! symlink in the layer, nor an absolute link target, nor a hard link to `/etc/passwd` reaches outside
 //! it; the final component is never followed. The blob's sha256 and the diff id (sha256 of the
 //! uncompressed tar) are checked over every byte; a mismatch fails the apply (the caller then discards

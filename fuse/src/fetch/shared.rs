@@ -1,20 +1,29 @@
-//! Scheduling between layers: [`ReaderActivity`], which readers wait on the network now and since when
-//! none has, and [`SharedStore`], the chunk store together with the readers of every layer that uses it.
-//! Background fetching reads these to stay off the link while any reader waits.
+//! What the lazy layers of one daemon share besides the chunk store: [`ReaderActivity`] (which readers
+//! wait on the network now, and since when none has: background fetching stays off the link meanwhile)
+//! and [`LayerTasks`] (every task the layers spawn, tracked, so shutdown cancels what nobody waits for and
+//! waits for the rest). [`SharedStore`] bundles them with the store.
 
+use std::future::Future;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
 use crate::cache::ChunkStore;
 
-/// The chunk store of a daemon's lazy layers and the readers that share it. Cheap to clone; clones share
-/// both. Every layer opened on the same `SharedStore` yields to the others' readers.
+/// The chunk store of a daemon's lazy layers, with the readers and the tasks of every layer that uses it.
+/// Cheap to clone; clones share all three. Every layer opened on the same `SharedStore` yields to the
+/// others' readers, and one shutdown ends all their work.
 #[derive(Clone)]
 pub struct SharedStore {
     store: ChunkStore,
     readers: Arc<ReaderActivity>,
+    tasks: LayerTasks,
 }
 
 impl SharedStore {
@@ -22,6 +31,7 @@ impl SharedStore {
         SharedStore {
             store,
             readers: Arc::new(ReaderActivity::new()),
+            tasks: LayerTasks::default(),
         }
     }
 
@@ -32,6 +42,62 @@ impl SharedStore {
     /// Readers of any layer using this store that wait on the network.
     pub fn readers(&self) -> &ReaderActivity {
         &self.readers
+    }
+
+    /// The tasks of every layer using this store.
+    pub fn tasks(&self) -> &LayerTasks {
+        &self.tasks
+    }
+}
+
+/// The tasks lazy layers spawn: span fetches, read replies, readahead and background fetching. Cheap to
+/// clone; clones track the same tasks.
+#[derive(Clone, Debug, Default)]
+pub struct LayerTasks {
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl LayerTasks {
+    /// Work someone waits for (a read's reply, a span a reader joined): it runs to its end, which comes
+    /// soon after shutdown since the fetches it waits on are cancelled.
+    pub fn spawn<F>(&self, runtime: &Handle, task: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tracker.spawn_on(task, runtime)
+    }
+
+    /// Work nobody waits for (readahead, background fetching): it ends early at shutdown.
+    pub fn spawn_cancellable<F>(&self, runtime: &Handle, task: F) -> JoinHandle<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let cancel = self.cancel.clone();
+        self.tracker.spawn_on(
+            async move {
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    () = task => {}
+                }
+            },
+            runtime,
+        )
+    }
+
+    /// Resolves once shutdown has begun (a fetch in flight gives up then).
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+
+    /// Cancels what nobody waits for, then waits up to `grace` for every task to end; returns how many
+    /// were still running then.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.cancel.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(grace, self.tracker.wait()).await;
+        self.tracker.len()
     }
 }
 
