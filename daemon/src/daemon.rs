@@ -38,6 +38,7 @@ use crate::grpc::{
 };
 use crate::images::{Images, RegistrySources};
 use crate::lazy_layers::{FuseRemoteLayers, LazyLayersError, RemoteSnapshots};
+use crate::task_runtime::ShimRuntime;
 use crate::tasks::Tasks;
 use crate::work::DaemonTasks;
 
@@ -168,7 +169,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         snapshotter.clone(),
         config.root.join("tasks"),
         config.root.join("runc"),
-        None,
+        Arc::new(ShimRuntime { shim_binary: None }),
     );
     let work = DaemonTasks::default();
     let listener = match bind(&config.address) {

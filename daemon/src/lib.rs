@@ -7,7 +7,8 @@
 //!   details, removal with garbage collection;
 //! - [`lazy_layers`]: the glue between the snapshotter's remote layers and the FUSE lazy filesystem,
 //!   reading blobs through the registry client;
-//! - [`containers`], [`tasks`]: container records and their processes under `skiff-shim` + runc;
+//! - [`containers`], [`tasks`]: container records and their processes, through [`task_runtime`]'s seam
+//!   (`skiff-shim` + runc in skiffd);
 //! - [`work`]: the daemon's spawned work (pulls, output and content streams), drained at shutdown.
 //!
 //! Dependencies point one way: this crate uses `skiff-registry`, `skiff-fuse`, `skiff-snapshotter`,
@@ -19,5 +20,6 @@ pub mod daemon;
 pub mod grpc;
 pub mod images;
 pub mod lazy_layers;
+pub mod task_runtime;
 pub mod tasks;
 pub mod work;

@@ -1,5 +1,5 @@
-//! Tasks: the running side of containers, each held by its own `skiff-shim` (skiff-runtime) so it outlives
-//! skiffd. Everything a task is lives in its task dir, `ROOT/tasks/NAMESPACE/ID`: the shim's files and the
+//! Tasks: the running side of containers, each held by its own `skiff-shim` (skiff-runtime, through the
+//! [`TaskRuntime`] seam) so it outlives skiffd. Everything a task is lives in its task dir, `ROOT/tasks/NAMESPACE/ID`: the shim's files and the
 //! bundle (`bundle/config.json`, the container's spec, and `bundle/rootfs`, where the container's snapshot
 //! is mounted while the task exists). A restarted skiffd finds its tasks there and reconnects.
 //!
@@ -7,16 +7,18 @@
 //! separators in a row, so it names one task of one namespace.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use oci_spec::runtime::{Process, Spec};
 use skiff_runtime::options::{parse_env, parse_user};
 use skiff_runtime::runc::Stats;
-use skiff_runtime::shim::{shim_binary, Shim, ShimClient, ShimError};
-use skiff_runtime::task::{ExecId, ExitStatus, ProcessState, ShimConfig, TaskError};
+use skiff_runtime::shim::ShimError;
+use skiff_runtime::task::{ExecId, ExitStatus, ProcessState, ShimConfig, TaskDir, TaskError};
 use skiff_runtime::user::resolve_user;
 use tracing::{debug, warn};
 
 use crate::containers::{ContainerError, Containers};
+use crate::task_runtime::{TaskControl, TaskRuntime};
 use skiff_snapshotter::meta::{validate_container_id, validate_namespace, MetaError};
 use skiff_snapshotter::snapshots::{unmount_and_remove, Snapshotter};
 
@@ -83,25 +85,25 @@ pub struct Tasks {
     snapshotter: Snapshotter,
     dir: PathBuf,
     runtime_root: PathBuf,
-    shim_binary: Option<PathBuf>,
+    runtime: Arc<dyn TaskRuntime>,
 }
 
 impl Tasks {
     /// Tasks under `dir` (`ROOT/tasks`), run by OCI runtimes with `--root runtime_root`, through
-    /// `shim_binary` (default: `skiff-shim` next to skiffd).
+    /// `runtime` (skiffd: [`ShimRuntime`](crate::task_runtime::ShimRuntime)).
     pub fn new(
         containers: Containers,
         snapshotter: Snapshotter,
         dir: PathBuf,
         runtime_root: PathBuf,
-        shim_binary: Option<PathBuf>,
+        runtime: Arc<dyn TaskRuntime>,
     ) -> Self {
         Tasks {
             containers,
             snapshotter,
             dir,
             runtime_root,
-            shim_binary,
+            runtime,
         }
     }
 
@@ -116,15 +118,14 @@ impl Tasks {
         Ok(self.task_dir(namespace, id)?.exists())
     }
 
-    fn client(&self, namespace: &str, id: &str) -> Result<ShimClient, TaskFailure> {
+    fn client(&self, namespace: &str, id: &str) -> Result<Arc<dyn TaskControl>, TaskFailure> {
         let dir = self.task_dir(namespace, id)?;
-        if !dir.join("shim.json").exists() {
-            return Err(TaskFailure::NotFound {
+        self.runtime
+            .connect(&dir)?
+            .ok_or_else(|| TaskFailure::NotFound {
                 namespace: namespace.to_owned(),
                 id: id.to_owned(),
-            });
-        }
-        Ok(ShimClient::connect(dir)?)
+            })
     }
 
     /// Mounts the container's rootfs in a new bundle and has a shim create its init process.
@@ -171,8 +172,7 @@ impl Tasks {
             stdin,
             no_pivot_root: false,
         };
-        let binary = shim_binary(self.shim_binary.as_deref())?;
-        match Shim::spawn(&binary, &dir, &config).await {
+        match self.runtime.create(&dir, &config).await {
             Ok(client) => {
                 debug!(namespace, id, "task created");
                 Ok(client.state(&ExecId::init()).await?)
@@ -396,7 +396,7 @@ impl Tasks {
                 .and_then(|s| s.exit),
             Err(err) => return Err(err.into()),
         };
-        self.remove_task_dir(client.task_dir().path());
+        self.remove_task_dir(&self.task_dir(namespace, id)?);
         debug!(namespace, id, "task deleted");
         Ok(exit)
     }
@@ -434,8 +434,8 @@ impl Tasks {
         exec_id: &str,
     ) -> Result<(PathBuf, PathBuf, PathBuf), TaskFailure> {
         let exec = exec_id_of(exec_id)?;
-        let client = self.client(namespace, id)?;
-        let dir = client.task_dir();
+        self.client(namespace, id)?;
+        let dir = TaskDir::new(self.task_dir(namespace, id)?);
         Ok((dir.stdout(&exec), dir.stderr(&exec), dir.stdin(&exec)))
     }
 }

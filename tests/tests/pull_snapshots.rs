@@ -370,6 +370,13 @@ fn lazy_layers_are_mounted_and_never_downloaded(format: LazyFormat) -> Result<()
         bed.proxy.reset_counts();
         let output = skiffd.skiff_ok(&["image", "pull", &reference])?;
         eprintln!("{output}");
+        // One pull path: the manifest is resolved once, and each lazy mount gets the layer's
+        // descriptor from that resolve (no second fetch of the manifest).
+        let manifests = bed.proxy.requests_matching("/manifests/");
+        ensure!(
+            manifests == 1,
+            "the pull fetched the manifest {manifests} times, not once"
+        );
 
         // The converted layers are other tars (TOC, landmark): the chain follows the new diff ids.
         let config_digest = manifest["config"]["digest"]
