@@ -147,15 +147,13 @@ pub async fn run(ctx: &Ctx, command: ContainerCommand) -> anyhow::Result<()> {
                 .context("list containers")?
                 .into_inner()
                 .containers;
-            if quiet {
-                containers.iter().for_each(|c| println!("{}", c.id));
-                return Ok(());
-            }
-            let rows = containers
-                .iter()
-                .map(|c| vec![c.id.clone(), c.image.clone(), c.runtime.clone()])
-                .collect();
-            output::table(&["CONTAINER", "IMAGE", "RUNTIME"], rows)
+            output::listing(
+                &containers,
+                quiet,
+                |c| &c.id,
+                &["CONTAINER", "IMAGE", "RUNTIME"],
+                |c| vec![c.id.clone(), c.image.clone(), c.runtime.clone()],
+            )
         }
         ContainerCommand::Info { id } => {
             let container = client

@@ -37,22 +37,20 @@ pub async fn run(ctx: &Ctx, command: ContentCommand) -> anyhow::Result<()> {
                 .context("list content")?
                 .into_inner()
                 .blobs;
-            if quiet {
-                blobs.iter().for_each(|b| println!("{}", b.digest));
-                return Ok(());
-            }
-            let rows = blobs
-                .iter()
-                .map(|b| {
+            output::listing(
+                &blobs,
+                quiet,
+                |b| &b.digest,
+                &["DIGEST", "SIZE", "AGE", "LABELS"],
+                |b| {
                     vec![
                         b.digest.clone(),
                         output::size(b.size),
                         output::age(b.created_at.as_ref()),
                         output::labels(&b.labels),
                     ]
-                })
-                .collect();
-            output::table(&["DIGEST", "SIZE", "AGE", "LABELS"], rows)
+                },
+            )
         }
         ContentCommand::Info { digest } => {
             let info = client

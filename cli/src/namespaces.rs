@@ -42,15 +42,13 @@ pub async fn run(ctx: &Ctx, command: NamespaceCommand) -> anyhow::Result<()> {
                 .context("list namespaces")?
                 .into_inner()
                 .namespaces;
-            if quiet {
-                namespaces.iter().for_each(|ns| println!("{}", ns.name));
-                return Ok(());
-            }
-            let rows = namespaces
-                .iter()
-                .map(|ns| vec![ns.name.clone(), output::labels(&ns.labels)])
-                .collect();
-            output::table(&["NAME", "LABELS"], rows)
+            output::listing(
+                &namespaces,
+                quiet,
+                |ns| &ns.name,
+                &["NAME", "LABELS"],
+                |ns| vec![ns.name.clone(), output::labels(&ns.labels)],
+            )
         }
         NamespaceCommand::Create { name, labels } => {
             client

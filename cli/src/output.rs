@@ -15,6 +15,22 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> anyhow::Result<()> {
     out.flush().context("write to stdout")
 }
 
+/// What `ls` prints: with `quiet` each item's id alone, one a line; otherwise a table of `header` and a
+/// row per item.
+pub fn listing<T>(
+    items: &[T],
+    quiet: bool,
+    id: impl Fn(&T) -> &str,
+    header: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if quiet {
+        items.iter().for_each(|item| println!("{}", id(item)));
+        return Ok(());
+    }
+    table(header, items.iter().map(row).collect())
+}
+
 /// A gRPC status as an error whose text is the daemon's message (its code only when there is no message).
 pub fn status(status: tonic::Status) -> anyhow::Error {
     if status.message().is_empty() {

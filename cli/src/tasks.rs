@@ -136,21 +136,19 @@ pub async fn run(ctx: &Ctx, command: TaskCommand) -> anyhow::Result<()> {
                 .context("list tasks")?
                 .into_inner()
                 .tasks;
-            if quiet {
-                tasks.iter().for_each(|t| println!("{}", t.container_id));
-                return Ok(());
-            }
-            let rows = tasks
-                .iter()
-                .map(|t| {
+            output::listing(
+                &tasks,
+                quiet,
+                |t| &t.container_id,
+                &["TASK", "PID", "STATUS"],
+                |t| {
                     vec![
                         t.container_id.clone(),
                         t.pid.to_string(),
                         status_name(t.status).to_owned(),
                     ]
-                })
-                .collect();
-            output::table(&["TASK", "PID", "STATUS"], rows)
+                },
+            )
         }
         TaskCommand::Kill {
             signal,

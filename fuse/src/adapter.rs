@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::cache::PinGuard;
 use crate::format::tree::NodeKind;
-use crate::lazyfs::{Attr, FsError, LazyLayer};
+use crate::lazyfs::{Attr, DirEntry, FsError, LazyLayer};
 
 /// Layers never change: the kernel may cache entries and attributes for as long as it likes.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -89,6 +89,21 @@ struct LayerFs {
 }
 
 impl LayerFs {
+    /// Hands the directory's entries after `offset` to `add` until it says the reply is full.
+    fn each_entry(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+        mut add: impl FnMut(&DirEntry) -> bool,
+    ) -> Result<(), FsError> {
+        for entry in self.layer.readdir(ino.0, offset)? {
+            if add(&entry) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Reply with `size` bytes of `data` or ERANGE, or the size needed when `size` is 0 (xattr protocol).
     fn reply_xattr(reply: ReplyXattr, data: &[u8], size: u32) {
         if size == 0 {
@@ -282,20 +297,16 @@ impl Filesystem for LayerFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.layer.readdir(ino.0, offset) {
-            Ok(entries) => {
-                for entry in entries {
-                    if reply.add(
-                        INodeNo(entry.ino),
-                        entry.offset,
-                        file_type(entry.kind),
-                        OsStr::from_bytes(&entry.name),
-                    ) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let listed = self.each_entry(ino, offset, |entry| {
+            reply.add(
+                INodeNo(entry.ino),
+                entry.offset,
+                file_type(entry.kind),
+                OsStr::from_bytes(&entry.name),
+            )
+        });
+        match listed {
+            Ok(()) => reply.ok(),
             Err(err) => reply.error(errno(&err)),
         }
     }
@@ -308,25 +319,21 @@ impl Filesystem for LayerFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        match self.layer.readdir(ino.0, offset) {
-            Ok(entries) => {
-                for entry in entries {
-                    let Ok(attr) = self.layer.getattr(entry.ino) else {
-                        continue;
-                    };
-                    if reply.add(
-                        INodeNo(entry.ino),
-                        entry.offset,
-                        OsStr::from_bytes(&entry.name),
-                        &TTL,
-                        &file_attr(&attr),
-                        Generation(0),
-                    ) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let listed = self.each_entry(ino, offset, |entry| {
+            let Ok(attr) = self.layer.getattr(entry.ino) else {
+                return false;
+            };
+            reply.add(
+                INodeNo(entry.ino),
+                entry.offset,
+                OsStr::from_bytes(&entry.name),
+                &TTL,
+                &file_attr(&attr),
+                Generation(0),
+            )
+        });
+        match listed {
+            Ok(()) => reply.ok(),
             Err(err) => reply.error(errno(&err)),
         }
     }

@@ -356,18 +356,8 @@ impl RegistryClient {
         let (endpoint, fetched) = inner
             .with_fallback(reference, Capability::Pull, |ep| async move {
                 let digest = digest_ref;
-                let url = ep.url(reference, &format!("blobs/{digest}"))?;
                 let fetched = inner
-                    .get(
-                        &ep,
-                        reference,
-                        Request {
-                            url,
-                            accept: None,
-                            range: None,
-                            body: BodyLimit::Stream,
-                        },
-                    )
+                    .get_blob(&ep, reference, digest, None, BodyLimit::Stream)
                     .await?;
                 if let Some(len) = content_length(&fetched.headers) {
                     if len != expected {
@@ -425,21 +415,12 @@ impl RegistryClient {
         let last = range.end - 1;
         inner
             .with_fallback(reference, Capability::Pull, |ep| async move {
-                let url = ep.url(reference, &format!("blobs/{digest}"))?;
+                let body = BodyLimit::Exact {
+                    digest: digest.to_string(),
+                    len,
+                };
                 let fetched = inner
-                    .get(
-                        &ep,
-                        reference,
-                        Request {
-                            url,
-                            accept: None,
-                            range: Some(format!("bytes={start}-{last}")),
-                            body: BodyLimit::Exact {
-                                digest: digest.to_string(),
-                                len,
-                            },
-                        },
-                    )
+                    .get_blob(&ep, reference, digest, Some((start, last)), body)
                     .await?;
                 let not_honoured = |reason: String| RegistryError::RangeNotHonoured {
                     url: shown(&fetched.url),
@@ -520,22 +501,11 @@ impl RegistryClient {
         }
         inner
             .with_fallback(reference, Capability::Pull, |ep| async move {
-                let url = ep.url(reference, &format!("blobs/{digest}"))?;
-                let fetched = inner
-                    .get(
-                        &ep,
-                        reference,
-                        Request {
-                            url,
-                            accept: None,
-                            range: None,
-                            body: BodyLimit::Exact {
-                                digest: digest.to_string(),
-                                len: size,
-                            },
-                        },
-                    )
-                    .await?;
+                let body = BodyLimit::Exact {
+                    digest: digest.to_string(),
+                    len: size,
+                };
+                let fetched = inner.get_blob(&ep, reference, digest, None, body).await?;
                 let bytes = fetched.into_bytes();
                 verify(&bytes, digest, Some(size))?;
                 Ok(bytes)
@@ -875,6 +845,24 @@ impl Inner {
 
     /// An authenticated GET against one host: sends what is known up front, and on a 401 from that
     /// host learns the challenge, (re)authenticates and retries exactly once.
+    /// GETs blob `digest` from one host, whole or bytes `first..=last` of it.
+    async fn get_blob(
+        &self,
+        ep: &Endpoint,
+        reference: &Reference,
+        digest: &Digest,
+        range: Option<(u64, u64)>,
+        body: BodyLimit,
+    ) -> Result<Fetched, RegistryError> {
+        let request = Request {
+            url: ep.url(reference, &format!("blobs/{digest}"))?,
+            accept: None,
+            range: range.map(|(first, last)| format!("bytes={first}-{last}")),
+            body,
+        };
+        self.get(ep, reference, request).await
+    }
+
     async fn get(
         &self,
         ep: &Endpoint,

@@ -1,5 +1,10 @@
 //! Image references (`host[:port]/repo[:tag][@sha256:…]`): parsing and validation per the distribution
-//! reference grammar, Docker Hub normalization, and the normalized string form.
+//! reference grammar, Docker Hub normalization, and the normalized string form. The digest is skiff's
+//! [`Digest`], so a reference pins only what skiff can verify.
+//!
+//! oci-spec's `distribution::Reference` was weighed and not taken: it refuses bracketed IPv6 hosts
+//! (`[::1]:5000/app`), accepts ports above 65535 and digests of any algorithm, and keeps the digest as a
+//! string; this parser follows docker's grammar on all three and is tested against it below.
 
 use std::fmt;
 use std::str::FromStr;

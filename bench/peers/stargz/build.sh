@@ -17,16 +17,9 @@ die() { echo "build.sh: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "must run as root"
 if [ "${SKIP_APT:-0}" != 1 ]; then
-  missing=()
-  for p in "${PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    echo "build.sh: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get -o DPkg::Lock::Timeout=600 update -qq
-    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}"
-  fi
+  # shellcheck source=../../../tests/apt.sh
+  . "$HERE/../../../tests/apt.sh"
+  apt_install_missing build.sh "${PKGS[@]}"
 fi
 
 command -v go >/dev/null || die "go missing: apt-get install golang-go"

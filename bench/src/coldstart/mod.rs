@@ -97,6 +97,70 @@ pub trait Mode {
     fn stop(&mut self);
 }
 
+/// What sets one containerd mode apart: its daemons (a fresh containerd, and the snapshotter behind it if
+/// any), the command that pulls, and the snapshotter containers are created on.
+pub trait ContainerdSetup {
+    /// The daemons of one cold start; dropping them stops them.
+    type Daemons;
+    fn name(&self) -> &'static str;
+    fn start_daemons(&self, reference: &str) -> Result<Self::Daemons>;
+    fn containerd(daemons: &Self::Daemons) -> &skiff_tests::Containerd;
+    /// The pull, as a user would type it.
+    fn pull(&self, daemons: &Self::Daemons, reference: &str) -> Result<std::process::Command>;
+    /// The log to show when the pull fails: the snapshotter's, or containerd's.
+    fn log(daemons: &Self::Daemons) -> String;
+    /// `ctr --snapshotter`, when not containerd's default.
+    fn snapshotter(&self) -> Option<&'static str>;
+}
+
+/// A mode that starts containers through containerd ([`containerd_start`]) on the daemons `S` sets up;
+/// a cold start gets new daemons.
+pub struct ContainerdMode<S: ContainerdSetup> {
+    setup: S,
+    daemons: Option<S::Daemons>,
+}
+
+impl<S: ContainerdSetup> ContainerdMode<S> {
+    pub fn with(setup: S) -> Self {
+        ContainerdMode {
+            setup,
+            daemons: None,
+        }
+    }
+}
+
+impl<S: ContainerdSetup> Mode for ContainerdMode<S> {
+    fn name(&self) -> &'static str {
+        self.setup.name()
+    }
+
+    fn stop(&mut self) {
+        self.daemons = None;
+    }
+
+    fn start(
+        &mut self,
+        reference: &str,
+        workload: &Workload,
+        id: &str,
+        temperature: Temperature,
+    ) -> Result<StartTimes> {
+        let setup = &self.setup;
+        let daemons = daemons_for(&mut self.daemons, temperature, || {
+            setup.start_daemons(reference)
+        })?;
+        containerd_start(
+            S::containerd(daemons),
+            &mut setup.pull(daemons, reference)?,
+            || S::log(daemons),
+            setup.snapshotter(),
+            reference,
+            id,
+            workload,
+        )
+    }
+}
+
 /// The daemons a start runs on: for a warm start those the last start left in `slot`; for a cold one
 /// (or when there are none) the old ones are dropped first (removing their state: every cached layer),
 /// fresh ones started, and the page cache dropped.

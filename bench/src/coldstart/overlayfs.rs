@@ -7,48 +7,54 @@ use std::process::Command;
 use anyhow::Result;
 use skiff_tests::Containerd;
 
-use super::{containerd_start, daemons_for, Mode, StartTimes, Temperature, Workload};
+use super::{ContainerdMode, ContainerdSetup};
 
 /// containerd + overlayfs; a cold start gets a new containerd.
-#[derive(Default)]
-pub struct OverlayfsMode {
-    containerd: Option<Containerd>,
-}
+pub type OverlayfsMode = ContainerdMode<Overlayfs>;
 
 impl OverlayfsMode {
     pub fn new() -> Self {
-        Self::default()
+        ContainerdMode::with(Overlayfs)
     }
 }
 
-impl Mode for OverlayfsMode {
+impl Default for OverlayfsMode {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// containerd's own snapshotter: nothing beside containerd.
+pub struct Overlayfs;
+
+impl ContainerdSetup for Overlayfs {
+    type Daemons = Containerd;
+
     fn name(&self) -> &'static str {
         "overlayfs"
     }
 
-    fn stop(&mut self) {
-        self.containerd = None;
+    fn start_daemons(&self, _reference: &str) -> Result<Containerd> {
+        Containerd::start()
     }
 
-    fn start(
-        &mut self,
-        reference: &str,
-        workload: &Workload,
-        id: &str,
-        temperature: Temperature,
-    ) -> Result<StartTimes> {
-        let containerd = daemons_for(&mut self.containerd, temperature, Containerd::start)?;
-        containerd_start(
-            containerd,
-            Command::new("ctr")
-                .arg("-a")
-                .arg(containerd.socket())
-                .args(["image", "pull", "--plain-http", reference]),
-            || containerd.log(),
-            None,
-            reference,
-            id,
-            workload,
-        )
+    fn containerd(daemons: &Containerd) -> &Containerd {
+        daemons
+    }
+
+    fn pull(&self, containerd: &Containerd, reference: &str) -> Result<Command> {
+        let mut pull = Command::new("ctr");
+        pull.arg("-a")
+            .arg(containerd.socket())
+            .args(["image", "pull", "--plain-http", reference]);
+        Ok(pull)
+    }
+
+    fn log(containerd: &Containerd) -> String {
+        containerd.log()
+    }
+
+    fn snapshotter(&self) -> Option<&'static str> {
+        None
     }
 }

@@ -12,77 +12,69 @@ use anyhow::Result;
 use skiff_tests::{cargo_bin, Containerd, ContainerdConfig, ProxyPlugin, Skiffd};
 use tempfile::TempDir;
 
-use super::{containerd_start, daemons_for, fresh_skiffd, Mode, StartTimes, Temperature, Workload};
+use super::{fresh_skiffd, ContainerdMode, ContainerdSetup};
 
 /// The daemons of one cold start; dropped in order: containerd (its tasks and mounts) before skiffd.
-struct Daemons {
+pub struct Daemons {
     containerd: Containerd,
     skiffd: Skiffd,
     _config: TempDir,
 }
 
 /// containerd + skiffd as proxy snapshotter.
-pub struct SkiffContainerdMode {
-    /// Fetch the rest of each layer in the background (skiffd's default); off measures on-demand reads
-    /// alone.
-    background_fetch: bool,
-    daemons: Option<Daemons>,
-}
+pub type SkiffContainerdMode = ContainerdMode<SkiffContainerd>;
 
 impl SkiffContainerdMode {
+    /// With `background_fetch` skiffd fetches the rest of each layer in the background (its default);
+    /// without, what readers ask for alone.
     pub fn new(background_fetch: bool) -> Self {
-        SkiffContainerdMode {
-            background_fetch,
-            daemons: None,
-        }
+        ContainerdMode::with(SkiffContainerd { background_fetch })
     }
 }
 
-/// A fresh skiffd and a containerd that uses it as the `skiff` proxy snapshotter.
-fn start_daemons(reference: &str, background_fetch: bool) -> Result<Daemons> {
-    let (skiffd, config) = fresh_skiffd(reference, background_fetch)?;
-    let containerd = Containerd::start_with(ContainerdConfig {
-        proxy_plugins: vec![ProxyPlugin::snapshotter("skiff", skiffd.socket())],
-        ..ContainerdConfig::default()
-    })?;
-    Ok(Daemons {
-        containerd,
-        skiffd,
-        _config: config,
-    })
+/// skiffd behind containerd.
+pub struct SkiffContainerd {
+    background_fetch: bool,
 }
 
-impl Mode for SkiffContainerdMode {
+impl ContainerdSetup for SkiffContainerd {
+    type Daemons = Daemons;
+
     fn name(&self) -> &'static str {
         "skiff-containerd"
     }
 
-    fn stop(&mut self) {
-        self.daemons = None;
+    /// A fresh skiffd and a containerd that uses it as the `skiff` proxy snapshotter.
+    fn start_daemons(&self, reference: &str) -> Result<Daemons> {
+        let (skiffd, config) = fresh_skiffd(reference, self.background_fetch)?;
+        let containerd = Containerd::start_with(ContainerdConfig {
+            proxy_plugins: vec![ProxyPlugin::snapshotter("skiff", skiffd.socket())],
+            ..ContainerdConfig::default()
+        })?;
+        Ok(Daemons {
+            containerd,
+            skiffd,
+            _config: config,
+        })
     }
 
-    fn start(
-        &mut self,
-        reference: &str,
-        workload: &Workload,
-        id: &str,
-        temperature: Temperature,
-    ) -> Result<StartTimes> {
-        let background_fetch = self.background_fetch;
-        let daemons = daemons_for(&mut self.daemons, temperature, || {
-            start_daemons(reference, background_fetch)
-        })?;
-        containerd_start(
-            &daemons.containerd,
-            Command::new(cargo_bin("skiff")?)
-                .args(["image", "rpull", "--containerd"])
-                .arg(daemons.containerd.socket())
-                .args(["--plain-http", reference]),
-            || daemons.skiffd.log(),
-            Some("skiff"),
-            reference,
-            id,
-            workload,
-        )
+    fn containerd(daemons: &Daemons) -> &Containerd {
+        &daemons.containerd
+    }
+
+    fn pull(&self, daemons: &Daemons, reference: &str) -> Result<Command> {
+        let mut pull = Command::new(cargo_bin("skiff")?);
+        pull.args(["image", "rpull", "--containerd"])
+            .arg(daemons.containerd.socket())
+            .args(["--plain-http", reference]);
+        Ok(pull)
+    }
+
+    fn log(daemons: &Daemons) -> String {
+        daemons.skiffd.log()
+    }
+
+    fn snapshotter(&self) -> Option<&'static str> {
+        Some("skiff")
     }
 }

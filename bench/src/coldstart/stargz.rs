@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use skiff_tests::{ChildProcess, Containerd, ContainerdConfig, ProxyPlugin};
 use tempfile::TempDir;
 
-use super::{containerd_start, daemons_for, Mode, StartTimes, Temperature, Workload};
+use super::{ContainerdMode, ContainerdSetup};
 
 /// The daemon's name, on PATH or in [`BIN_VAR`].
 pub const BINARY: &str = "containerd-stargz-grpc";
@@ -130,79 +130,76 @@ impl Drop for StargzSnapshotter {
 
 /// The daemons of one cold start; dropped in order: containerd (its tasks and mounts) before the
 /// snapshotter.
-struct Daemons {
+pub struct Daemons {
     containerd: Containerd,
     snapshotter: StargzSnapshotter,
 }
 
 /// containerd + stargz-snapshotter as proxy snapshotter.
-pub struct StargzMode {
-    binary: PathBuf,
-    background_fetch: bool,
-    daemons: Option<Daemons>,
-}
+pub type StargzMode = ContainerdMode<Stargz>;
 
 impl StargzMode {
     /// The daemon `binary` (see [`binary`]). With `background_fetch` it runs as it does by default
     /// (prefetch list, then the rest of each layer in the background); without, it fetches what readers
     /// and the prefetch list ask for.
     pub fn new(binary: PathBuf, background_fetch: bool) -> Self {
-        StargzMode {
+        ContainerdMode::with(Stargz {
             binary,
             background_fetch,
-            daemons: None,
-        }
+        })
     }
 }
 
-fn start_daemons(binary: &Path, reference: &str, background_fetch: bool) -> Result<Daemons> {
-    let host = reference
-        .split_once('/')
-        .map(|(host, _)| host)
-        .context("reference without a registry host")?;
-    let snapshotter = StargzSnapshotter::start(binary, host, background_fetch)?;
-    let containerd = Containerd::start_with(ContainerdConfig {
-        proxy_plugins: vec![ProxyPlugin::snapshotter("stargz", snapshotter.socket())],
-        ..ContainerdConfig::default()
-    })?;
-    Ok(Daemons {
-        containerd,
-        snapshotter,
-    })
+/// stargz-snapshotter behind containerd.
+pub struct Stargz {
+    binary: PathBuf,
+    background_fetch: bool,
 }
 
-impl Mode for StargzMode {
+impl ContainerdSetup for Stargz {
+    type Daemons = Daemons;
+
     fn name(&self) -> &'static str {
         "stargz"
     }
 
-    fn stop(&mut self) {
-        self.daemons = None;
+    fn start_daemons(&self, reference: &str) -> Result<Daemons> {
+        let host = reference
+            .split_once('/')
+            .map(|(host, _)| host)
+            .context("reference without a registry host")?;
+        let snapshotter = StargzSnapshotter::start(&self.binary, host, self.background_fetch)?;
+        let containerd = Containerd::start_with(ContainerdConfig {
+            proxy_plugins: vec![ProxyPlugin::snapshotter("stargz", snapshotter.socket())],
+            ..ContainerdConfig::default()
+        })?;
+        Ok(Daemons {
+            containerd,
+            snapshotter,
+        })
     }
 
-    fn start(
-        &mut self,
-        reference: &str,
-        workload: &Workload,
-        id: &str,
-        temperature: Temperature,
-    ) -> Result<StartTimes> {
-        let (binary, background_fetch) = (&self.binary, self.background_fetch);
-        let daemons = daemons_for(&mut self.daemons, temperature, || {
-            start_daemons(binary, reference, background_fetch)
-        })?;
-        containerd_start(
-            &daemons.containerd,
-            Command::new("ctr-remote")
-                .arg("-a")
-                .arg(daemons.containerd.socket())
-                .args(["image", "rpull", "--plain-http", reference]),
-            || daemons.snapshotter.log(),
-            Some("stargz"),
+    fn containerd(daemons: &Daemons) -> &Containerd {
+        &daemons.containerd
+    }
+
+    fn pull(&self, daemons: &Daemons, reference: &str) -> Result<Command> {
+        let mut pull = Command::new("ctr-remote");
+        pull.arg("-a").arg(daemons.containerd.socket()).args([
+            "image",
+            "rpull",
+            "--plain-http",
             reference,
-            id,
-            workload,
-        )
+        ]);
+        Ok(pull)
+    }
+
+    fn log(daemons: &Daemons) -> String {
+        daemons.snapshotter.log()
+    }
+
+    fn snapshotter(&self) -> Option<&'static str> {
+        Some("stargz")
     }
 }
 

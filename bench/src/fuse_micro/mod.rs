@@ -251,6 +251,16 @@ pub fn run(args: &FuseArgs, runtime: &Handle) -> Result<()> {
     Ok(())
 }
 
+/// The warm metrics, each against the same layer extracted on local disk under overlayfs.
+#[rustfmt::skip]
+const WARM_METRICS: [(&str, &str, &str, Goal); 5] = [
+    ("warm_sequential_mb_s", "warm: sequential read, large file", "MB/s", Goal::AtLeast(0.95)),
+    ("warm_random_4k_iops", "warm: random 4 KiB preads, large file", "IOPS", Goal::AtLeast(0.95)),
+    ("stat_walk_dropped_caches_ms", "stat every entry, caches dropped", "ms", Goal::AtMost(1.3)),
+    ("stat_walk_warm_dcache_ms", "stat every entry, warm dentry cache", "ms", Goal::AtMost(1.3)),
+    ("stat_paths_warm_dcache_ms", "lstat every path (no readdir), warm", "ms", Goal::AtMost(1.3)),
+];
+
 type Results = (Vec<Metric>, serde_json::Value, Vec<String>);
 
 fn bench(
@@ -442,41 +452,8 @@ fn bench(
     let passthrough_before_timed = lazy.stats().snapshot().passthrough_opens;
     let fetched_before_timed = lazy.stats().snapshot().bytes_fetched;
 
-    let mut sequential = Metric::new(
-        "warm_sequential_mb_s",
-        "warm: sequential read, large file",
-        "MB/s",
-        "overlayfs",
-        Goal::AtLeast(0.95),
-    );
-    let mut random = Metric::new(
-        "warm_random_4k_iops",
-        "warm: random 4 KiB preads, large file",
-        "IOPS",
-        "overlayfs",
-        Goal::AtLeast(0.95),
-    );
-    let mut walk_cold = Metric::new(
-        "stat_walk_dropped_caches_ms",
-        "stat every entry, caches dropped",
-        "ms",
-        "overlayfs",
-        Goal::AtMost(1.3),
-    );
-    let mut walk_warm = Metric::new(
-        "stat_walk_warm_dcache_ms",
-        "stat every entry, warm dentry cache",
-        "ms",
-        "overlayfs",
-        Goal::AtMost(1.3),
-    );
-    let mut stat_only = Metric::new(
-        "stat_paths_warm_dcache_ms",
-        "lstat every path (no readdir), warm",
-        "ms",
-        "overlayfs",
-        Goal::AtMost(1.3),
-    );
+    let [mut sequential, mut random, mut walk_cold, mut walk_warm, mut stat_only] = WARM_METRICS
+        .map(|(key, label, unit, goal)| Metric::new(key, label, unit, "overlayfs", goal));
     let mut timed_opens = 0u64;
     let mut entries = 0u64;
     for run in 0..args.runs {

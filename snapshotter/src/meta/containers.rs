@@ -36,21 +36,13 @@ impl MetaStore {
         namespace: &str,
         id: &str,
     ) -> Result<Option<ContainerRecord>, MetaError> {
-        validate_namespace(namespace)?;
         validate_container_id(id)?;
-        self.read(
-            RecordKind::Container,
-            &keys::record(namespace, keys::CONTAINERS, id),
-        )
+        self.namespaced_record(namespace, RecordKind::Container, keys::CONTAINERS, id)
     }
 
     /// Every container of the namespace, sorted by id.
     pub fn list_containers(&self, namespace: &str) -> Result<Vec<ContainerRecord>, MetaError> {
-        validate_namespace(namespace)?;
-        self.read_all(
-            RecordKind::Container,
-            &keys::kind_prefix(namespace, keys::CONTAINERS),
-        )
+        self.namespaced_records(namespace, RecordKind::Container, keys::CONTAINERS)
     }
 
     /// Replaces a container's labels and bumps `updated_at`; `NotFound` if absent.

@@ -224,6 +224,29 @@ impl MetaStore {
             .collect()
     }
 
+    /// The record `name` of a namespace's `collection` (its name already checked), or `None`.
+    fn namespaced_record<T: DeserializeOwned>(
+        &self,
+        namespace: &str,
+        kind: RecordKind,
+        collection: &str,
+        name: &str,
+    ) -> Result<Option<T>, MetaError> {
+        validate_namespace(namespace)?;
+        self.read(kind, &keys::record(namespace, collection, name))
+    }
+
+    /// Every record of a namespace's `collection`, sorted by name.
+    fn namespaced_records<T: DeserializeOwned>(
+        &self,
+        namespace: &str,
+        kind: RecordKind,
+        collection: &str,
+    ) -> Result<Vec<T>, MetaError> {
+        validate_namespace(namespace)?;
+        self.read_all(kind, &keys::kind_prefix(namespace, collection))
+    }
+
     /// Adds a put of an empty namespace record to `batch` unless the namespace exists (containerd creates
     /// namespaces implicitly on first use).
     fn ensure_namespace(&self, batch: &mut WriteBatch, namespace: &str) -> Result<(), MetaError> {
@@ -355,21 +378,13 @@ impl MetaStore {
 
     /// The image, or `None` if the namespace has no image by that name.
     pub fn get_image(&self, namespace: &str, name: &str) -> Result<Option<ImageRecord>, MetaError> {
-        validate_namespace(namespace)?;
         validate_image_name(name)?;
-        self.read(
-            RecordKind::Image,
-            &keys::record(namespace, keys::IMAGES, name),
-        )
+        self.namespaced_record(namespace, RecordKind::Image, keys::IMAGES, name)
     }
 
     /// Every image of the namespace, sorted by name; empty if the namespace does not exist.
     pub fn list_images(&self, namespace: &str) -> Result<Vec<ImageRecord>, MetaError> {
-        validate_namespace(namespace)?;
-        self.read_all(
-            RecordKind::Image,
-            &keys::kind_prefix(namespace, keys::IMAGES),
-        )
+        self.namespaced_records(namespace, RecordKind::Image, keys::IMAGES)
     }
 
     /// Deletes an image record (not its content references); `NotFound` if absent.
@@ -434,21 +449,13 @@ impl MetaStore {
         namespace: &str,
         digest: &str,
     ) -> Result<Option<ContentRefRecord>, MetaError> {
-        validate_namespace(namespace)?;
         validate_digest(digest)?;
-        self.read(
-            RecordKind::ContentRef,
-            &keys::record(namespace, keys::CONTENT, digest),
-        )
+        self.namespaced_record(namespace, RecordKind::ContentRef, keys::CONTENT, digest)
     }
 
     /// Every content reference of the namespace, sorted by digest; empty if the namespace does not exist.
     pub fn list_content_refs(&self, namespace: &str) -> Result<Vec<ContentRefRecord>, MetaError> {
-        validate_namespace(namespace)?;
-        self.read_all(
-            RecordKind::ContentRef,
-            &keys::kind_prefix(namespace, keys::CONTENT),
-        )
+        self.namespaced_records(namespace, RecordKind::ContentRef, keys::CONTENT)
     }
 
     /// Removes references in one batch. Digests that are not referenced are skipped; returns how many
