@@ -1,7 +1,8 @@
 //! End to end: containers run by the real runc through skiffd's tasks and `skiff-shim`, driven by the
 //! `skiff` CLI like ctr: the task lifecycle (create, start, ls, exec, pause, resume, kill, wait, delete),
 //! `skiff run` attached with the container's exit code, `--rm`, limits and a read-only root visible inside,
-//! namespaces, tasks that survive skiffd being stopped (SIGTERM) or killed (SIGKILL), the lifecycle with
+//! namespaces, tasks that survive skiffd being stopped (SIGTERM) or killed (SIGKILL), a SIGTERM that ends
+//! the output streams clients follow, the lifecycle with
 //! `--runtime crun`, and bad input refused with nothing left behind.
 
 use std::time::Duration;
@@ -207,6 +208,57 @@ fn tasks_outlive_skiffd_and_report_their_exit() -> Result<()> {
     ensure!(waited.trim() == "5", "{waited:?}");
     skiffd.skiff_ok(&["task", "rm", "long"])?;
     skiffd.skiff_ok(&["container", "rm", "long"])?;
+    Ok(())
+}
+
+/// SIGTERM while a client follows a task's output: the stream ends and skiffd shuts down on its own, in
+/// its known order (not killed after the grace period), and the task runs on.
+#[test]
+fn sigterm_ends_output_streams_and_skiffd_stops_on_its_own() -> Result<()> {
+    let (_registry, mut skiffd, reference) = bed()?;
+    skiffd.skiff_ok(&[
+        "run",
+        "-d",
+        &reference,
+        "ticker",
+        "sh",
+        "-c",
+        "while :; do echo tick; sleep 1; done",
+    ])?;
+    let (pid, _) = status_of(&skiffd, "default", "ticker")?.expect("a task");
+    let log = skiffd.work_dir().join("follower.log");
+    let mut follower = skiff_tests::ChildProcess::spawn(
+        "skiff task logs -f",
+        std::process::Command::new(skiff_tests::cargo_bin("skiff")?)
+            .arg("--address")
+            .arg(skiffd.socket())
+            .args(["task", "logs", "-f", "ticker"]),
+        &log,
+    )?;
+    wait_until("the follower to print", Duration::from_secs(30), || {
+        Ok(std::fs::read_to_string(&log)?.contains("tick"))
+    })?;
+
+    let stopped = skiffd.stop().expect("skiffd ran");
+    ensure!(
+        stopped.success(),
+        "skiffd did not stop on its own after SIGTERM ({stopped}):\n{}",
+        skiffd.log()
+    );
+    ensure!(
+        follower.wait_timeout(Duration::from_secs(10)).is_some(),
+        "the follower's stream did not end with skiffd"
+    );
+    let shutdown = skiffd.log();
+    ensure!(shutdown.contains("skiffd stopped"), "{shutdown}");
+
+    skiffd.restart()?;
+    let (after, status) = status_of(&skiffd, "default", "ticker")?.expect("the task");
+    ensure!(after == pid && status == "RUNNING", "{after} {status}");
+    skiffd.skiff_ok(&["task", "kill", "-s", "9", "ticker"])?;
+    skiffd.skiff(&["task", "wait", "ticker"])?;
+    skiffd.skiff_ok(&["task", "rm", "ticker"])?;
+    skiffd.skiff_ok(&["container", "rm", "ticker"])?;
     Ok(())
 }
 
