@@ -162,7 +162,10 @@ pub(crate) async fn pull(
         match message.event {
             Some(Event::Resolved(resolved)) => {
                 let target = resolved.target.unwrap_or_default();
-                let _ = bars.println(format!("{}: resolved {}", resolved.name, target.digest));
+                say(
+                    &bars,
+                    format!("{}: resolved {}", resolved.name, target.digest),
+                );
                 for blob in resolved.blobs {
                     let bar = bars.add(ProgressBar::new(blob.size).with_style(style.clone()));
                     bar.set_prefix(short_digest(&blob.digest));
@@ -171,10 +174,32 @@ pub(crate) async fn pull(
                 }
             }
             Some(Event::Blob(progress)) => {
+                if let Some(snapshot) = progress
+                    .snapshot
+                    .as_ref()
+                    .filter(|s| !s.fallback.is_empty())
+                {
+                    say(
+                        &bars,
+                        format!(
+                            "{}: not served lazily ({}); downloaded and unpacked",
+                            short_digest(&progress.digest),
+                            snapshot.fallback
+                        ),
+                    );
+                }
                 if let Some(bar) = blobs.get(&progress.digest) {
                     bar.set_position(progress.offset);
                     if progress.done {
-                        let state = if progress.cached { "exists" } else { "done" };
+                        let lazy = progress
+                            .snapshot
+                            .as_ref()
+                            .is_some_and(|s| s.source() == v1::layer_snapshot::Source::Lazy);
+                        let state = match (lazy, progress.cached) {
+                            (true, _) => "lazy",
+                            (false, true) => "exists",
+                            (false, false) => "done",
+                        };
                         bar.finish_with_message(state);
                     }
                 }
@@ -189,6 +214,16 @@ pub(crate) async fn pull(
         }
     }
     bail!("pull {reference}: skiffd closed the stream before the pull finished")
+}
+
+/// A line above the progress bars; on stderr when they are hidden (not a terminal), where indicatif
+/// would drop it.
+fn say(bars: &MultiProgress, line: String) {
+    if bars.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        let _ = bars.println(line);
+    }
 }
 
 fn short_digest(digest: &str) -> String {

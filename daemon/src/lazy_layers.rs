@@ -261,6 +261,15 @@ impl LayerMounter for FuseRemoteLayers {
     }
 }
 
+/// What became of a layer offered to be served lazily.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LazyOutcome {
+    /// Its remote snapshot is committed (now or before).
+    Committed,
+    /// It cannot be served lazily, for this reason (nothing is left behind; the caller unpacks it).
+    Fallback(String),
+}
+
 /// Remote snapshots: the snapshotter's reservations, filled by a [`LayerMounter`]. Cheap to clone.
 #[derive(Clone)]
 pub struct RemoteSnapshots {
@@ -279,14 +288,13 @@ impl RemoteSnapshots {
     }
 
     /// skiff's own pull: mounts `layer` (whose descriptor the pull resolved) and commits it as the
-    /// snapshot `layer.target` on `parent`. `true` when that snapshot is committed (now or before),
-    /// `false` when the layer cannot be served lazily (nothing is left behind).
+    /// snapshot `layer.target` on `parent`, or says why it cannot be served lazily.
     pub async fn commit(
         &self,
         parent: Option<&str>,
         layer: RemoteLayer,
         descriptor: &LayerDescriptor,
-    ) -> Result<bool, SnapshotError> {
+    ) -> Result<LazyOutcome, SnapshotError> {
         let reservation = {
             let (snapshotter, target, parent) = (
                 self.snapshotter.clone(),
@@ -299,7 +307,7 @@ impl RemoteSnapshots {
             .await?
         };
         match reservation {
-            None => Ok(true),
+            None => Ok(LazyOutcome::Committed),
             Some(reservation) => self.fill(reservation, layer, Some(descriptor)).await,
         }
     }
@@ -329,25 +337,25 @@ impl RemoteSnapshots {
             .await?
         };
         let target = layer.target.clone();
-        let mounted = match reservation {
-            None => true,
+        let outcome = match reservation {
+            None => LazyOutcome::Committed,
             Some(reservation) => self.fill(reservation, layer, None).await?,
         };
-        if mounted {
+        if outcome == LazyOutcome::Committed {
             return Err(SnapshotError::AlreadyExists { key: target });
         }
         let snapshotter = self.snapshotter.clone();
         blocking(move || snapshotter.prepare(&key, parent.as_deref(), labels)).await
     }
 
-    /// Mounts the layer at the reservation and commits it; `false` (the reservation abandoned) when it
-    /// cannot be mounted.
+    /// Mounts the layer at the reservation and commits it; a fallback (the reservation abandoned) when
+    /// it cannot be mounted.
     async fn fill(
         &self,
         reservation: RemoteReservation,
         layer: RemoteLayer,
         descriptor: Option<&LayerDescriptor>,
-    ) -> Result<bool, SnapshotError> {
+    ) -> Result<LazyOutcome, SnapshotError> {
         let mountpoint = reservation.mountpoint();
         match self.mounter.mount(&layer, descriptor, &mountpoint).await {
             Ok(descriptor) => {
@@ -356,7 +364,7 @@ impl RemoteSnapshots {
                     descriptor: Some(descriptor),
                 };
                 blocking(move || reservation.commit(remote)).await?;
-                Ok(true)
+                Ok(LazyOutcome::Committed)
             }
             Err(err) => {
                 match &err {
@@ -375,7 +383,7 @@ impl RemoteSnapshots {
                     Ok(())
                 })
                 .await?;
-                Ok(false)
+                Ok(LazyOutcome::Fallback(skiff_types::error_chain(&err)))
             }
         }
     }

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{image, Bed, Layer};
-use skiff_daemon::images::{image_snapshot_key, ImageError};
+use skiff_daemon::images::{image_snapshot_key, ImageError, PullEvent};
 use skiff_snapshotter::snapshots::{AnyFilter, SnapshotKind};
 use skiff_types::{ChainId, Digest};
 use tokio_util::sync::CancellationToken;
@@ -104,8 +104,20 @@ async fn a_layer_that_is_not_lazy_after_all_is_fetched_and_unpacked() {
     let image = bed.source.add(two_layers("127.0.0.1:5000/app:2"));
     let layers = &image.resolved.layers;
     bed.mounter.not_lazy.lock().unwrap().push(layers[1].digest);
-    bed.pull(NS, "127.0.0.1:5000/app:2").await.unwrap();
+    let (pulled, events) = bed.pull_events(NS, "127.0.0.1:5000/app:2").await;
+    pulled.unwrap();
     assert_eq!(bed.source.fetched(), [layers[0].digest, layers[1].digest]);
+    // The client is told which layer fell back, and why.
+    let fallbacks: Vec<(String, String)> = events
+        .iter()
+        .filter_map(|event| match event {
+            PullEvent::Layer(layer) => Some((layer.digest.clone(), layer.fallback.clone()?)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fallbacks.len(), 1, "{fallbacks:?}");
+    assert_eq!(fallbacks[0].0, layers[1].digest.to_string());
+    assert!(fallbacks[0].1.contains("no TOC"), "{fallbacks:?}");
     assert!(bed.snapshotter.remote_snapshots().unwrap().is_empty());
     assert!(bed.mounter.mounted.lock().unwrap().is_empty());
     let keys: Vec<String> = chain(&image).iter().map(image_snapshot_key).collect();

@@ -39,6 +39,8 @@ use tempfile::TempDir;
 struct Faults {
     /// Blob offsets whose byte is flipped in every answer that covers them.
     corrupt: Vec<u64>,
+    /// Blob offsets whose byte is flipped in the next `n` answers that cover them.
+    corrupt_next: Vec<(u64, u32)>,
     /// Ranges whose next `n` overlapping requests fail.
     fail: Vec<(Range<u64>, u32)>,
     /// Every request waits this long before answering.
@@ -98,6 +100,10 @@ impl CountingBlob {
 
     fn corrupt_byte(&self, at: u64) {
         lock(&self.faults).corrupt.push(at);
+    }
+
+    fn corrupt_next(&self, at: u64, times: u32) {
+        lock(&self.faults).corrupt_next.push((at, times));
     }
 
     fn fail_next(&self, range: Range<u64>, times: u32) {
@@ -168,12 +174,22 @@ impl BlobSource for CountingBlob {
                 });
             }
             let bytes = self.inner.read_range(range.clone()).await?;
-            let flips: Vec<u64> = lock(&self.faults)
-                .corrupt
-                .iter()
-                .copied()
-                .filter(|at| range.contains(at))
-                .collect();
+            let flips: Vec<u64> = {
+                let mut faults = lock(&self.faults);
+                let mut flips: Vec<u64> = faults
+                    .corrupt
+                    .iter()
+                    .copied()
+                    .filter(|at| range.contains(at))
+                    .collect();
+                for (at, n) in faults.corrupt_next.iter_mut() {
+                    if *n > 0 && range.contains(at) {
+                        *n -= 1;
+                        flips.push(*at);
+                    }
+                }
+                flips
+            };
             let bytes = if flips.is_empty() {
                 bytes
             } else {
@@ -1267,6 +1283,68 @@ async fn zstd_chunked_manifest_checksum_is_checked() {
     assert!(try_open(blob.bytes.clone(), &unpinned, &lenient)
         .await
         .is_ok());
+}
+
+/// A transient fault while the footer or TOC is read (a failed read, a flipped byte) is tried again like a
+/// chunk read: the layer still opens lazily. A fault that stays fails after `attempts` tries; a layer with
+/// no lazy format and no annotation announcing one is not tried again.
+#[tokio::test(flavor = "multi_thread")]
+async fn transient_faults_while_the_toc_is_read_are_tried_again() {
+    let blob = build_estargz(&sample_items(false), 4096);
+    let descriptor = estargz_descriptor(&blob);
+    let len = blob.bytes.len() as u64;
+    let footer = len - estargz::FOOTER_SIZE..len;
+    let toc = blob.toc_offset..footer.start;
+    let open = |source: Arc<CountingBlob>| {
+        let descriptor = descriptor.clone();
+        async move {
+            let (_dir, store) = new_store();
+            LazyLayer::open(source, &descriptor, store, &quiet()).await
+        }
+    };
+
+    // The footer read fails once.
+    let source = CountingBlob::new("flaky", blob.bytes.clone());
+    source.fail_next(footer.clone(), 1);
+    let layer = open(source.clone()).await.unwrap();
+    assert!(resolve(layer.tree(), "bin/big").is_some());
+    assert_eq!(source.requests_overlapping(&footer), 2);
+
+    // A byte of the footer, then one of the TOC, flipped once each.
+    let source = CountingBlob::new("flipped", blob.bytes.clone());
+    source.corrupt_next(footer.start + 20, 1);
+    source.corrupt_next(toc.start + (toc.end - toc.start) / 2, 1);
+    let layer = open(source.clone()).await.unwrap();
+    assert!(resolve(layer.tree(), "etc/hosts").is_some());
+    assert_eq!(source.requests_overlapping(&toc), 2);
+
+    // A fault that stays: the open fails after `attempts` tries.
+    let source = CountingBlob::new("broken", blob.bytes.clone());
+    source.fail_next(footer.clone(), 100);
+    assert!(matches!(
+        open(source.clone()).await,
+        Err(OpenError::Fetch { .. })
+    ));
+    assert_eq!(
+        source.requests_overlapping(&footer),
+        quiet().fetch.attempts as usize
+    );
+
+    // No footer and nothing announcing one: a plain layer, asked once.
+    let plain = build_plain_gzip_tar(&sample_items(false));
+    let plain_descriptor = LayerDescriptor {
+        digest: Digest::of(&plain),
+        size: plain.len() as u64,
+        media_type: GZIP_LAYER.into(),
+        annotations: BTreeMap::new(),
+    };
+    let source = CountingBlob::new("plain", plain);
+    let (_dir, store) = new_store();
+    assert!(matches!(
+        LazyLayer::open(source.clone(), &plain_descriptor, store, &quiet()).await,
+        Err(OpenError::NotLazy { .. })
+    ));
+    assert_eq!(source.request_count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

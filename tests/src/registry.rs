@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 use tempfile::TempDir;
 
-use crate::http_client::{http_get, HttpResponse};
+use crate::http_client::{http_get, http_request, HttpResponse};
 use crate::process::{free_port, run_ok, wait_until, ChildProcess};
 use crate::token_server::{TokenServer, TOKEN_ISSUER, TOKEN_SERVICE};
 
@@ -302,6 +302,31 @@ impl Registry {
     /// pushed manifest (or index) digest.
     pub fn push(&self, layout: &crate::image::OciLayout, repo_and_tag: &str) -> Result<String> {
         crate::skopeo::push_layout(layout, &self.host(), repo_and_tag, self.credentials())
+    }
+
+    /// Stores `manifest` (raw JSON of `media_type`) under `repo:tag`, as a client's push would; an
+    /// anonymous plain-HTTP registry only. Returns the manifest's digest as the registry reports it.
+    pub fn put_manifest(
+        &self,
+        repo_and_tag: &str,
+        media_type: &str,
+        manifest: &[u8],
+    ) -> Result<String> {
+        let (repo, tag) = repo_and_tag
+            .rsplit_once(':')
+            .with_context(|| format!("{repo_and_tag} is not repo:tag"))?;
+        let url = format!("{}/v2/{repo}/manifests/{tag}", self.url());
+        let response = http_request("PUT", &url, &[("Content-Type", media_type)], manifest)?;
+        anyhow::ensure!(
+            response.status == 201,
+            "PUT {url}: {} {}",
+            response.status,
+            response.body_text()
+        );
+        response
+            .header("docker-content-digest")
+            .map(str::to_owned)
+            .with_context(|| format!("PUT {url}: no Docker-Content-Digest"))
     }
 
     /// The raw manifest (or index) stored under `repo_and_tag` / `repo@digest`, via skopeo.

@@ -3,7 +3,9 @@
 //! snapshots named `skiff.image/<chain id>`, and the overlay of the chain shows what the image holds; the
 //! image converted to eStargz or zstd:chunked by `ctr-remote` is FUSE-mounted instead, its layer blobs never enter skiff's
 //! content store and the registry serves a small fraction of their bytes. `skiff image rm` removes (and
-//! unmounts) the snapshots. The chain is read through snapshots.v1 on skiffd's socket.
+//! unmounts) the snapshots. A fault while a lazy layer's TOC is read is tried again; a layer whose TOC
+//! never checks out is downloaded, and the pull says which and why. The chain is read through
+//! snapshots.v1 on skiffd's socket.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -15,7 +17,7 @@ use skiff_api::containerd::snapshots::v1::snapshots_client::SnapshotsClient;
 use skiff_api::v1;
 use skiff_tests::{
     convert_image, every_entry_type_layers, generated_bytes, lazy_mounts_under, mounts_under,
-    require, sha256_digest, write_lazy_skiffd_config, BuiltImage, Containerd, FaultProxy,
+    require, sha256_digest, write_lazy_skiffd_config, BuiltImage, Containerd, Fault, FaultProxy,
     ImageSpec, LayerSpec, LazyFormat, Registry, RegistryAuth, Skiffd, SkiffdOptions,
 };
 
@@ -437,6 +439,136 @@ fn lazy_layers_are_mounted_and_never_downloaded(format: LazyFormat) -> Result<()
             mounted.is_empty(),
             "lazy mounts left after image rm: {mounted:?}"
         );
+        Ok(())
+    })();
+    let log = bed.skiffd.log();
+    bed.skiffd.stop();
+    let left = mounts_under(bed.skiffd.work_dir());
+    result.with_context(|| format!("skiffd log:\n{log}"))?;
+    ensure!(
+        left.is_empty(),
+        "mounts left after skiffd stopped: {left:?}"
+    );
+    Ok(())
+}
+
+/// A fault while a lazy layer's TOC is read is tried again (the layer stays lazy); a layer whose TOC
+/// never checks out (the manifest pins another TOC digest) is downloaded instead, and the pull says so.
+#[test]
+fn toc_faults_are_retried_and_a_lazy_layer_that_cannot_be_read_is_downloaded() -> Result<()> {
+    let mut bed = Bed::start()?;
+    {
+        let converter = Containerd::start()?;
+        convert_image(
+            &converter,
+            &bed.registry.host(),
+            "plain:1",
+            "lazy:1",
+            None,
+            LazyFormat::Estargz,
+        )?;
+    }
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&bed.registry.raw_manifest("lazy:1")?)?;
+    let layers: Vec<String> = manifest["layers"]
+        .as_array()
+        .context("layers")?
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    ensure!(layers.len() == 2, "layers {layers:?}");
+    let upper = layers[1].clone();
+    // The same blobs under a manifest that pins a TOC digest the upper layer does not have.
+    manifest["layers"][1]["annotations"]["containerd.io/snapshot/stargz/toc.digest"] =
+        sha256_digest(b"not the TOC").into();
+    let media_type = manifest["mediaType"]
+        .as_str()
+        .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+        .to_owned();
+    bed.registry
+        .put_manifest("lazy:badtoc", &media_type, &serde_json::to_vec(&manifest)?)?;
+
+    let result = (|| -> Result<()> {
+        let skiffd = &bed.skiffd;
+        // One flipped byte in the first read of the upper layer (its footer): read again, still lazy.
+        let reference = format!("{}/lazy:1", bed.proxy.host());
+        bed.proxy.reset_counts();
+        bed.proxy
+            .inject_times(&format!("/blobs/{upper}"), Fault::flip_byte(), 1);
+        let output = skiffd.skiff(&["image", "pull", &reference])?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(output.status.success(), "pull failed: {stderr}");
+        ensure!(
+            !stderr.contains("not served lazily"),
+            "a single fault made a layer fall back: {stderr}"
+        );
+        let faulted = bed
+            .proxy
+            .request_log()
+            .iter()
+            .filter(|r| r.fault.is_some())
+            .count();
+        ensure!(faulted == 1, "{faulted} requests were faulted, not 1");
+        let mounts = lazy_mounts_under(skiffd.work_dir())?;
+        for digest in &layers {
+            ensure!(
+                mounts.iter().any(|m| &m.layer_digest == digest),
+                "layer {digest} is not FUSE-mounted after a transient fault: {mounts:?}"
+            );
+        }
+        ensure!(
+            !content_digests(skiffd)?.contains(&upper),
+            "the upper layer was downloaded after a transient fault"
+        );
+        skiffd.skiff_ok(&["image", "rm", &reference])?;
+
+        // A TOC that never matches what the manifest pins: the layer is downloaded and unpacked, the
+        // pull succeeds and names the layer and the reason.
+        let reference = format!("{}/lazy:badtoc", bed.proxy.host());
+        let output = skiffd.skiff(&["image", "pull", &reference])?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(output.status.success(), "pull failed: {stderr}");
+        let short = &upper["sha256:".len()..][..12];
+        ensure!(
+            stderr.contains(&format!("{short}: not served lazily")) && stderr.contains("TOC"),
+            "the pull does not say the upper layer fell back, and why: {stderr}"
+        );
+        let mounts = lazy_mounts_under(skiffd.work_dir())?;
+        ensure!(
+            mounts.iter().any(|m| m.layer_digest == layers[0]),
+            "the lower layer is not FUSE-mounted: {mounts:?}"
+        );
+        ensure!(
+            !mounts.iter().any(|m| m.layer_digest == upper),
+            "the upper layer is FUSE-mounted with a TOC the manifest does not pin: {mounts:?}"
+        );
+        ensure!(
+            content_digests(skiffd)?.contains(&upper),
+            "the upper layer is not in the content store after the fallback"
+        );
+        let config_digest = manifest["config"]["digest"]
+            .as_str()
+            .context("config digest")?;
+        let config: serde_json::Value = serde_json::from_slice(
+            &bed.registry
+                .get(&format!("/v2/lazy/blobs/{config_digest}"), &[])?
+                .body,
+        )?;
+        let diff_ids: Vec<&str> = config["rootfs"]["diff_ids"]
+            .as_array()
+            .context("diff_ids")?
+            .iter()
+            .filter_map(|d| d.as_str())
+            .collect();
+        let keys = chain_keys(&diff_ids);
+        check_chain(skiffd, &keys)?;
+        let view_mounts = view(skiffd, "check", &keys[1])?;
+        {
+            let _mounted = Mounted::mount(&view_mounts, &skiffd.work_dir().join("rootfs"))?;
+            check_every_entry_type(&skiffd.work_dir().join("rootfs"), true)?;
+        }
+        remove_snapshot(skiffd, "check")?;
+        skiffd.skiff_ok(&["image", "rm", &reference])?;
         Ok(())
     })();
     let log = bed.skiffd.log();

@@ -199,6 +199,7 @@ fn progress_message(event: PullEvent) -> v1::PullProgress {
                     key: layer.key,
                     chain_id: layer.chain_id,
                     source: source as i32,
+                    fallback: layer.fallback.unwrap_or_default(),
                 }),
             })
         }

@@ -51,6 +51,8 @@ pub struct LayerProgress {
     pub chain_id: String,
     pub key: String,
     pub source: SnapshotSource,
+    /// Why a layer that announced a lazy format was downloaded and unpacked instead.
+    pub fallback: Option<String>,
 }
 
 /// Progress of a pull as the client sees it.

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use futures::{StreamExt, TryStreamExt};
 use oci_spec::image::ImageConfiguration;
+use skiff_fuse::lazyfs::announces_lazy_format;
 use skiff_registry::{Credentials, Reference, ResolvedImage};
 use skiff_snapshotter::content::{ContentError, Digest};
 use skiff_snapshotter::meta::{ContentRefRecord, DescriptorRecord, ImageRecord, Labels};
@@ -23,6 +24,7 @@ use super::{
     image_snapshot_key, lock, BlobProgress, ImageError, Images, LayerProgress, PullEvent,
     SnapshotSource,
 };
+use crate::lazy_layers::LazyOutcome;
 
 /// Bytes between two progress reports of one blob.
 const PROGRESS_STEP: u64 = 512 * 1024;
@@ -303,21 +305,22 @@ impl Images {
             };
             // A lazy layer keeps reading the registry for as long as it is mounted, also after a
             // restart, with skiffd's own credentials: a pull with explicit ones unpacks every layer.
-            let lazy = (!credentials_given && self.remote.is_some() && is_lazy_format(descriptor))
-                .then(|| RemoteLayer {
-                    target: key.clone(),
-                    image_ref: image_ref.clone(),
-                    layer_digest: descriptor.digest,
-                    manifest_digest: Some(resolved.manifest_digest),
-                    image_layers: layers.iter().map(|layer| layer.digest).collect(),
-                    annotations: descriptor
-                        .annotations
-                        .iter()
-                        .filter(|(k, _)| is_inherited_annotation(k))
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                    plain_http,
-                });
+            let lazy =
+                (!credentials_given && self.remote.is_some() && announces_lazy_format(descriptor))
+                    .then(|| RemoteLayer {
+                        target: key.clone(),
+                        image_ref: image_ref.clone(),
+                        layer_digest: descriptor.digest,
+                        manifest_digest: Some(resolved.manifest_digest),
+                        image_layers: layers.iter().map(|layer| layer.digest).collect(),
+                        annotations: descriptor
+                            .annotations
+                            .iter()
+                            .filter(|(k, _)| is_inherited_annotation(k))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                        plain_http,
+                    });
             plan.push(LayerPlan {
                 descriptor: descriptor.clone(),
                 diff_id: diff_ids[index],
@@ -346,14 +349,19 @@ impl Images {
         for layer in plan {
             pull.go_on()?;
             let mut source = SnapshotSource::Existed;
+            let mut fallback = None;
             if snapshotter.stat(&layer.key).is_err() {
                 source = SnapshotSource::Unpacked;
                 if let (Some(remote), Some(lazy)) = (&self.remote, &layer.lazy) {
-                    let mounted = remote
+                    match remote
                         .commit(parent.as_deref(), lazy.clone(), &layer.descriptor)
-                        .await?;
-                    if mounted {
-                        source = SnapshotSource::Lazy;
+                        .await?
+                    {
+                        LazyOutcome::Committed => source = SnapshotSource::Lazy,
+                        LazyOutcome::Fallback(reason) => {
+                            info!(layer = %layer.descriptor.digest, %reason, "not served lazily; downloading it");
+                            fallback = Some(reason);
+                        }
                     }
                 }
                 if source == SnapshotSource::Unpacked {
@@ -383,6 +391,7 @@ impl Images {
                     chain_id: layer.chain.to_string(),
                     key: layer.key.clone(),
                     source,
+                    fallback,
                 }))
                 .await;
             parent = Some(layer.key.clone());
@@ -481,17 +490,4 @@ async fn report(
             cached,
         }))
         .await;
-}
-
-/// Whether a layer descriptor announces a lazily readable format (an eStargz TOC digest or a
-/// zstd:chunked manifest position); the lazy filesystem still checks the blob itself.
-fn is_lazy_format(descriptor: &LayerDescriptor) -> bool {
-    use skiff_fuse::format::{estargz, zstd_chunked};
-    [
-        estargz::TOC_DIGEST_ANNOTATION,
-        zstd_chunked::MANIFEST_POSITION_ANNOTATION,
-        zstd_chunked::LEGACY_MANIFEST_POSITION_ANNOTATION,
-    ]
-    .iter()
-    .any(|key| descriptor.annotations.contains_key(*key))
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use skiff_daemon::images::{ImageSource, ImageSources, Images};
+use skiff_daemon::images::{ImageSource, ImageSources, Images, PullEvent};
 use skiff_daemon::lazy_layers::{LayerMounter, RemoteSnapshots};
 use skiff_registry::{
     BlobStream, Credentials, Descriptor, ImageManifest, MediaType, Reference, RegistryError,
@@ -361,8 +361,26 @@ impl Bed {
         namespace: &str,
         reference: &str,
     ) -> Result<skiff_snapshotter::meta::ImageRecord, skiff_daemon::images::ImageError> {
+        self.pull_events(namespace, reference).await.0
+    }
+
+    /// Pulls `reference` into `namespace`, with the progress events it sent.
+    pub async fn pull_events(
+        &self,
+        namespace: &str,
+        reference: &str,
+    ) -> (
+        Result<skiff_snapshotter::meta::ImageRecord, skiff_daemon::images::ImageError>,
+        Vec<PullEvent>,
+    ) {
         let (events, mut drain) = tokio::sync::mpsc::channel(1024);
-        let drained = tokio::spawn(async move { while drain.recv().await.is_some() {} });
+        let drained = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(event) = drain.recv().await {
+                seen.push(event);
+            }
+            seen
+        });
         let pulled = self
             .images
             .pull(
@@ -374,7 +392,6 @@ impl Bed {
                 &tokio_util::sync::CancellationToken::new(),
             )
             .await;
-        drained.await.unwrap();
-        pulled
+        (pulled, drained.await.unwrap())
     }
 }

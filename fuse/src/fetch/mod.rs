@@ -98,7 +98,8 @@ pub struct FetchConfig {
     pub max_gap_bytes: u64,
     /// Range requests in flight at once for readers.
     pub parallel_requests: usize,
-    /// Attempts per span when the registry fails or sends bytes that do not verify.
+    /// Attempts per span, and per read of a layer's footer and TOC when it is mounted, when the registry
+    /// fails or sends bytes that do not verify.
     pub attempts: u32,
     /// Largest readahead after sequential reads, in bytes; a sequential read starts it at twice its own size, and each next one doubles it.
     pub max_readahead_bytes: u64,

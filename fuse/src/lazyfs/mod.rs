@@ -16,6 +16,8 @@ use tracing::{debug, info, warn};
 
 mod open;
 
+pub use open::announces_lazy_format;
+
 use crate::cache::{CacheError, PinGuard};
 use crate::fetch::policy::{self, DirectoryFetch, Readahead};
 use crate::fetch::{
@@ -172,8 +174,8 @@ fn encode_dev(major: u32, minor: u32) -> u32 {
 }
 
 impl LazyLayer {
-    /// Reads the footer and TOC (two or three Range requests), verifies the TOC against the manifest's
-    /// annotation and builds the tree. No file bytes are fetched.
+    /// Reads the footer and TOC (two or three Range requests; again after a transient fault), verifies
+    /// the TOC against the manifest's annotation and builds the tree. No file bytes are fetched.
     pub async fn open(
         source: Arc<dyn BlobSource>,
         descriptor: &LayerDescriptor,
@@ -181,7 +183,7 @@ impl LazyLayer {
         config: &LayerConfig,
     ) -> Result<Arc<LazyLayer>, OpenError> {
         let limits = Limits::default();
-        let found = open::find_toc(source.as_ref(), descriptor, &limits, config).await?;
+        let found = open::find_toc_retrying(source.as_ref(), descriptor, &limits, config).await?;
         let digest = descriptor.digest;
         let tree = FileTree::build(&found.toc, found.compression, found.toc_end, &limits)
             .map_err(|source| OpenError::Format { digest, source })?;

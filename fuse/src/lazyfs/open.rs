@@ -2,8 +2,14 @@
 //! requests), the format told by the descriptor's annotations (zstd:chunked names its TOC's position;
 //! otherwise an eStargz footer is looked for), and the TOC checked against the digest the manifest pins.
 //! A blob with no lazy format is [`OpenError::NotLazy`], which its user unpacks the ordinary way.
+//!
+//! A fault on the way (a failed or short Range read, a flipped byte that breaks the footer, the TOC's
+//! compression or its pinned digest) is tried again like a chunk read ([`find_toc_retrying`], up to the
+//! fetch config's `attempts`): one transient fault must not turn a lazy layer into a full download.
 
-use skiff_types::{Digest, LayerDescriptor};
+use std::time::Duration;
+
+use skiff_types::{error_chain, Digest, LayerDescriptor};
 use tracing::warn;
 
 use super::{LayerConfig, LayerFormat, OpenError};
@@ -11,6 +17,52 @@ use crate::fetch::{BlobSource, FetchError};
 use crate::format::chunk::Compression;
 use crate::format::toc::{Limits, Toc};
 use crate::format::{estargz, zstd_chunked, FormatError};
+
+/// Whether the descriptor's annotations announce a lazy format (an eStargz TOC digest or a zstd:chunked
+/// manifest position): such a layer with no footer is a fault, not a plain layer.
+pub fn announces_lazy_format(descriptor: &LayerDescriptor) -> bool {
+    [
+        estargz::TOC_DIGEST_ANNOTATION,
+        zstd_chunked::MANIFEST_POSITION_ANNOTATION,
+        zstd_chunked::LEGACY_MANIFEST_POSITION_ANNOTATION,
+    ]
+    .iter()
+    .any(|key| descriptor.annotations.contains_key(*key))
+}
+
+/// [`find_toc`], tried again after what may be a transient fault, up to `config.fetch.attempts` times in
+/// all, with a short backoff. A layer that is plainly not lazy (no footer, no annotation saying it has
+/// one) or whose manifest pins no TOC digest is not tried again.
+pub(super) async fn find_toc_retrying(
+    source: &dyn BlobSource,
+    descriptor: &LayerDescriptor,
+    limits: &Limits,
+    config: &LayerConfig,
+) -> Result<FoundToc, OpenError> {
+    let attempts = config.fetch.attempts.max(1);
+    let mut attempt = 1;
+    loop {
+        match find_toc(source, descriptor, limits, config).await {
+            Err(err) if attempt < attempts && may_be_transient(&err, descriptor) => {
+                warn!(layer = %descriptor.digest, attempt, error = %error_chain(&err), "reading the TOC failed; trying again");
+                tokio::time::sleep(Duration::from_millis(50 << (attempt - 1).min(4))).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+fn may_be_transient(err: &OpenError, descriptor: &LayerDescriptor) -> bool {
+    match err {
+        OpenError::Fetch { .. }
+        | OpenError::Format { .. }
+        | OpenError::TocOutOfBounds { .. }
+        | OpenError::TocDigestMismatch { .. } => true,
+        OpenError::NotLazy { .. } => announces_lazy_format(descriptor),
+        OpenError::TocDigestMissing { .. } => false,
+    }
+}
 
 /// Finds the layer's TOC and checks it against the manifest's annotation (or, when the manifest pins
 /// none, refuses it or trusts it as `config.require_toc_digest` says).
