@@ -275,6 +275,82 @@ impl Bed {
     }
 }
 
+impl Bed {
+    /// Stops skiffd; `result` with skiffd's log, then a check that skiffd left nothing mounted.
+    fn stop_checked(mut self, result: Result<()>) -> Result<()> {
+        let log = self.skiffd.log();
+        self.skiffd.stop();
+        let left = mounts_under(self.skiffd.work_dir());
+        result.with_context(|| format!("skiffd log:\n{log}"))?;
+        ensure!(
+            left.is_empty(),
+            "mounts left after skiffd stopped: {left:?}"
+        );
+        Ok(())
+    }
+}
+
+/// `plain:1` converted to `format` by `ctr-remote` (stargz-snapshotter's own converter) and pushed as
+/// `lazy:1`.
+struct Converted {
+    manifest: serde_json::Value,
+    /// Layer digests and sizes, bottom first.
+    layers: Vec<(String, u64)>,
+    /// The chain's snapshot keys: the converted layers are other tars (TOC, landmark), so the chain
+    /// follows the new diff ids.
+    keys: Vec<String>,
+}
+
+impl Bed {
+    fn convert(&self, format: LazyFormat) -> Result<Converted> {
+        {
+            let converter = Containerd::start()?;
+            convert_image(
+                &converter,
+                &self.registry.host(),
+                "plain:1",
+                "lazy:1",
+                None,
+                format,
+            )?;
+        }
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&self.registry.raw_manifest("lazy:1")?)?;
+        let layers = manifest["layers"]
+            .as_array()
+            .context("layers")?
+            .iter()
+            .map(|l| {
+                (
+                    l["digest"].as_str().unwrap_or_default().to_owned(),
+                    l["size"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        let config_digest = manifest["config"]["digest"]
+            .as_str()
+            .context("config digest")?;
+        let config: serde_json::Value = serde_json::from_slice(
+            &self
+                .registry
+                .get(&format!("/v2/lazy/blobs/{config_digest}"), &[])?
+                .body,
+        )?;
+        let diff_ids: Vec<&str> = config["rootfs"]["diff_ids"]
+            .as_array()
+            .context("diff_ids")?
+            .iter()
+            .filter_map(|d| d.as_str())
+            .collect();
+        let keys = chain_keys(&diff_ids);
+        Ok(Converted {
+            manifest,
+            layers,
+            keys,
+        })
+    }
+}
+
 #[test]
 fn plain_gzip_layers_are_unpacked_into_a_snapshot_chain() -> Result<()> {
     let bed = Bed::start()?;
@@ -338,36 +414,13 @@ fn zstd_chunked_layers_are_mounted_lazily_and_never_downloaded() -> Result<()> {
     lazy_layers_are_mounted_and_never_downloaded(LazyFormat::ZstdChunked)
 }
 
-/// The image converted to `format` by `ctr-remote` (stargz-snapshotter's own converter), pulled by skiff.
+/// The image converted to `format`, pulled by skiff.
 fn lazy_layers_are_mounted_and_never_downloaded(format: LazyFormat) -> Result<()> {
-    let mut bed = Bed::start()?;
-    {
-        let converter = Containerd::start()?;
-        convert_image(
-            &converter,
-            &bed.registry.host(),
-            "plain:1",
-            "lazy:1",
-            None,
-            format,
-        )?;
-    }
+    let bed = Bed::start()?;
+    let Converted { layers, keys, .. } = bed.convert(format)?;
     let result = (|| -> Result<()> {
         let skiffd = &bed.skiffd;
         let reference = format!("{}/lazy:1", bed.proxy.host());
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&bed.registry.raw_manifest("lazy:1")?)?;
-        let layers: Vec<(String, u64)> = manifest["layers"]
-            .as_array()
-            .context("layers")?
-            .iter()
-            .map(|l| {
-                (
-                    l["digest"].as_str().unwrap_or_default().to_owned(),
-                    l["size"].as_u64().unwrap_or(0),
-                )
-            })
-            .collect();
         let total: u64 = layers.iter().map(|(_, size)| size).sum();
         bed.proxy.reset_counts();
         let output = skiffd.skiff_ok(&["image", "pull", &reference])?;
@@ -379,23 +432,6 @@ fn lazy_layers_are_mounted_and_never_downloaded(format: LazyFormat) -> Result<()
             manifests == 1,
             "the pull fetched the manifest {manifests} times, not once"
         );
-
-        // The converted layers are other tars (TOC, landmark): the chain follows the new diff ids.
-        let config_digest = manifest["config"]["digest"]
-            .as_str()
-            .context("config digest")?;
-        let config: serde_json::Value = serde_json::from_slice(
-            &bed.registry
-                .get(&format!("/v2/lazy/blobs/{config_digest}"), &[])?
-                .body,
-        )?;
-        let diff_ids: Vec<&str> = config["rootfs"]["diff_ids"]
-            .as_array()
-            .context("diff_ids")?
-            .iter()
-            .filter_map(|d| d.as_str())
-            .collect();
-        let keys = chain_keys(&diff_ids);
         check_chain(skiffd, &keys)?;
         let mounts = lazy_mounts_under(skiffd.work_dir())?;
         for (digest, _) in &layers {
@@ -441,41 +477,20 @@ fn lazy_layers_are_mounted_and_never_downloaded(format: LazyFormat) -> Result<()
         );
         Ok(())
     })();
-    let log = bed.skiffd.log();
-    bed.skiffd.stop();
-    let left = mounts_under(bed.skiffd.work_dir());
-    result.with_context(|| format!("skiffd log:\n{log}"))?;
-    ensure!(
-        left.is_empty(),
-        "mounts left after skiffd stopped: {left:?}"
-    );
-    Ok(())
+    bed.stop_checked(result)
 }
 
 /// A fault while a lazy layer's TOC is read is tried again (the layer stays lazy); a layer whose TOC
 /// never checks out (the manifest pins another TOC digest) is downloaded instead, and the pull says so.
 #[test]
 fn toc_faults_are_retried_and_a_lazy_layer_that_cannot_be_read_is_downloaded() -> Result<()> {
-    let mut bed = Bed::start()?;
-    {
-        let converter = Containerd::start()?;
-        convert_image(
-            &converter,
-            &bed.registry.host(),
-            "plain:1",
-            "lazy:1",
-            None,
-            LazyFormat::Estargz,
-        )?;
-    }
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&bed.registry.raw_manifest("lazy:1")?)?;
-    let layers: Vec<String> = manifest["layers"]
-        .as_array()
-        .context("layers")?
-        .iter()
-        .map(|l| l["digest"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    let bed = Bed::start()?;
+    let Converted {
+        mut manifest,
+        layers,
+        keys,
+    } = bed.convert(LazyFormat::Estargz)?;
+    let layers: Vec<String> = layers.into_iter().map(|(digest, _)| digest).collect();
     ensure!(layers.len() == 2, "layers {layers:?}");
     let upper = layers[1].clone();
     // The same blobs under a manifest that pins a TOC digest the upper layer does not have.
@@ -546,21 +561,6 @@ fn toc_faults_are_retried_and_a_lazy_layer_that_cannot_be_read_is_downloaded() -
             content_digests(skiffd)?.contains(&upper),
             "the upper layer is not in the content store after the fallback"
         );
-        let config_digest = manifest["config"]["digest"]
-            .as_str()
-            .context("config digest")?;
-        let config: serde_json::Value = serde_json::from_slice(
-            &bed.registry
-                .get(&format!("/v2/lazy/blobs/{config_digest}"), &[])?
-                .body,
-        )?;
-        let diff_ids: Vec<&str> = config["rootfs"]["diff_ids"]
-            .as_array()
-            .context("diff_ids")?
-            .iter()
-            .filter_map(|d| d.as_str())
-            .collect();
-        let keys = chain_keys(&diff_ids);
         check_chain(skiffd, &keys)?;
         let view_mounts = view(skiffd, "check", &keys[1])?;
         {
@@ -571,15 +571,7 @@ fn toc_faults_are_retried_and_a_lazy_layer_that_cannot_be_read_is_downloaded() -
         skiffd.skiff_ok(&["image", "rm", &reference])?;
         Ok(())
     })();
-    let log = bed.skiffd.log();
-    bed.skiffd.stop();
-    let left = mounts_under(bed.skiffd.work_dir());
-    result.with_context(|| format!("skiffd log:\n{log}"))?;
-    ensure!(
-        left.is_empty(),
-        "mounts left after skiffd stopped: {left:?}"
-    );
-    Ok(())
+    bed.stop_checked(result)
 }
 
 #[test]
