@@ -8,6 +8,8 @@ packages=(
   # the real test bed
   docker-registry apache2-utils containerd runc crun fuse3 skopeo umoci busybox-static stargz-snapshotter
   iproute2 ca-certificates
+  # systemd-analyze checks contrib/systemd/skiffd.service
+  systemd
   # skiff-bench: the chart font; debootstrap for the Debian-based corpus images
   fonts-dejavu-core debootstrap
   # containerd's snapshotter conformance suite (../shared/snapshotter-testsuite) and skiff-bench's stargz

@@ -26,7 +26,12 @@ pub struct Config {
     pub cache: CacheConfig,
     /// How lazy layers are opened and fetched (`[lazy]`, `[lazy.fetch]`, `[lazy.fetch.background]`).
     pub lazy: LayerConfig,
+    /// The keeper that holds the lazy mounts' FUSE connections across restarts (`[keeper]`).
+    pub keeper: KeeperSection,
     pub log: LogSection,
+    /// On SIGTERM, unmount lazy layers no container uses instead of leaving every mount to the keeper
+    /// (`--unmount-on-exit`).
+    pub unmount_on_exit: bool,
 }
 
 impl Default for Config {
@@ -37,7 +42,9 @@ impl Default for Config {
             registry: RegistrySection::default(),
             cache: CacheConfig::default(),
             lazy: LayerConfig::default(),
+            keeper: KeeperSection::default(),
             log: LogSection::default(),
+            unmount_on_exit: false,
         }
     }
 }
@@ -90,6 +97,26 @@ impl RegistrySection {
             request_timeout: Duration::from_secs(self.request_timeout_secs),
             max_retries: self.max_retries,
             max_manifest_size: self.max_manifest_bytes,
+        }
+    }
+}
+
+/// The keeper (`skiff-keeper`): one per root, serving `ROOT/keeper.sock`, started by skiffd when none
+/// answers there.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeeperSection {
+    /// `false`: no keeper; lazy mounts die with skiffd and are mounted afresh when it starts again.
+    pub enabled: bool,
+    /// The keeper binary; unset means `skiff-keeper` beside the running skiffd.
+    pub binary: Option<PathBuf>,
+}
+
+impl Default for KeeperSection {
+    fn default() -> Self {
+        KeeperSection {
+            enabled: true,
+            binary: None,
         }
     }
 }
@@ -159,6 +186,11 @@ impl Config {
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("skiffd.lock")
     }
+
+    /// The keeper's socket.
+    pub fn keeper_socket(&self) -> PathBuf {
+        self.root.join("keeper.sock")
+    }
 }
 
 #[cfg(test)]
@@ -178,14 +210,19 @@ mod tests {
         assert_eq!(config.registry.max_manifest_bytes, 4 * 1024 * 1024);
         assert_eq!(config.registry.max_concurrent_downloads, 3);
         assert_eq!(config.log.level, "info");
+        assert!(config.keeper.enabled);
+        assert_eq!(config.keeper.binary, None);
+        assert!(!config.unmount_on_exit);
         assert_eq!(config.cache.memory_bytes, 256 * 1024 * 1024);
         assert_eq!(config.cache.disk_bytes, Some(10 * 1024 * 1024 * 1024));
         assert!(config.lazy.require_toc_digest);
+        assert_eq!(config.lazy.toc_memory_bytes, 256 * 1024 * 1024);
         let fetch = &config.lazy.fetch;
         assert_eq!(fetch.max_request_bytes, 4 * 1024 * 1024);
         assert_eq!(fetch.max_gap_bytes, 256 * 1024);
         assert_eq!(fetch.parallel_requests, 8);
         assert_eq!(fetch.attempts, 3);
+        assert_eq!(fetch.read_timeout_secs, 60);
         assert_eq!(fetch.max_readahead_bytes, 8 * 1024 * 1024);
         assert_eq!(fetch.neighbour_bytes, Some(128 * 1024));
         assert_eq!(fetch.directory_bytes, Some(2 * 1024 * 1024));

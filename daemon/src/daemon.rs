@@ -9,10 +9,18 @@
 //! 2. requests in flight finish (the gRPC server's graceful shutdown);
 //! 3. the daemon's spawned work is waited for ([`DaemonTasks::drain`], up to [`GRACE`]);
 //! 4. the socket file is removed;
-//! 5. the lazy layers' work stops (background fetching and readahead are cancelled, span fetches in
-//!    flight give up, read replies finish; up to [`GRACE`]);
-//! 6. every remote snapshot is unmounted, and whatever else is still mounted;
+//! 5. the lazy mounts are left to the keeper, which holds their connections until the next skiffd takes
+//!    them over (the restart and upgrade path: containers keep reading, requests wait in the kernel, and
+//!    reads in flight are answered by the next skiffd);
+//! 6. or, with `--unmount-on-exit` or without a keeper: the lazy layers' work stops (background fetching
+//!    and readahead are cancelled, span fetches in flight give up, read replies finish; up to
+//!    [`GRACE`]), and every remote snapshot is unmounted (a mount still in use is detached and lives
+//!    while its users do);
 //! 7. the root lock is released.
+//!
+//! Startup takes the mounts back: for each remote snapshot, the connection the keeper holds for it is
+//! served again; a mount whose connection is gone (keeper killed too, say) is aborted and detached and
+//! the layer mounted afresh.
 
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
@@ -149,6 +157,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .with_remote_mounts(Arc::clone(&lazy) as Arc<_>);
     let remote = RemoteSnapshots::new(snapshotter.clone(), Arc::clone(&lazy) as Arc<_>);
     remote.remount_all().await?;
+    lazy.drop_unclaimed();
     let images = Images::new(
         stores.content.clone(),
         stores.meta.clone(),
@@ -229,11 +238,18 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         warn!(left, "daemon tasks still running after the grace period");
     }
     let _ = std::fs::remove_file(&config.address);
-    lazy.stop_work(GRACE).await;
-    let unmounted = tokio::task::spawn_blocking(move || snapshotter.unmount_remote()).await;
-    // Whatever is still mounted (a failed remove, say) goes too.
-    lazy.unmount_all();
-    unmounted??;
+    if lazy.keeps_mounts() && !config.unmount_on_exit {
+        // Reads in flight are neither cancelled nor answered with an error: the kernel sends a request
+        // this skiffd read but did not answer to the next one (see `skiffd`'s main: the runtime's tasks
+        // are never dropped).
+        lazy.hand_over();
+    } else {
+        lazy.stop_work(GRACE).await;
+        let unmounted = tokio::task::spawn_blocking(move || snapshotter.unmount_remote()).await;
+        // Whatever is still mounted (a failed remove, say) goes too.
+        lazy.unmount_all();
+        unmounted??;
+    }
     served?;
     info!("skiffd stopped");
     Ok(())

@@ -22,7 +22,7 @@ use futures::FutureExt;
 use skiff_fuse::cache::{CacheError, ChunkStore};
 use skiff_fuse::fetch::{check_range, BlobSource, SourceError};
 use skiff_fuse::lazyfs::OpenError;
-use skiff_fuse::manager::{LayerManager, ManagerError};
+use skiff_fuse::manager::{ConnectionKeeper, LayerManager, ManagerError};
 use skiff_registry::{Reference, RegistryClient, RegistryError};
 use skiff_snapshotter::meta::Labels;
 use skiff_snapshotter::snapshots::{
@@ -33,6 +33,7 @@ use skiff_types::{Digest, LayerDescriptor, RemoteLayer};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::keeper::Keeper;
 
 /// A layer blob in a registry, read with HTTP Range requests through the shared client.
 pub struct RegistryBlob {
@@ -112,6 +113,8 @@ pub struct FuseRemoteLayers {
     plain_client: RegistryClient,
     /// Layers of each manifest read so far (containerd's `Prepare` names a layer, not its descriptor).
     manifests: Mutex<HashMap<Digest, Arc<Vec<LayerDescriptor>>>>,
+    /// Holds every mount's connection so mounts outlive skiffd; `None`: they end with it.
+    keeper: Option<Arc<Keeper>>,
 }
 
 impl FuseRemoteLayers {
@@ -121,12 +124,81 @@ impl FuseRemoteLayers {
         // Plain HTTP registries are named by their hosts.toml `server = "http://…"`.
         let client = RegistryClient::new(config.registry.client_config(false, None))?;
         let plain_client = RegistryClient::new(config.registry.client_config(true, None))?;
+        let keeper = Keeper::start(config);
+        let mut manager = LayerManager::new(store, config.lazy.clone(), runtime);
+        if let Some(keeper) = &keeper {
+            manager = manager.with_keeper(Arc::clone(keeper) as Arc<_>);
+        }
         Ok(FuseRemoteLayers {
-            manager: LayerManager::new(store, config.lazy.clone(), runtime),
+            manager,
             client,
             plain_client,
             manifests: Mutex::new(HashMap::new()),
+            keeper,
         })
+    }
+
+    /// Whether mounts outlive skiffd (a keeper holds their connections).
+    pub fn keeps_mounts(&self) -> bool {
+        self.keeper.is_some()
+    }
+
+    /// Leaves every mount to the keeper (shutdown for a restart or an upgrade): nothing is unmounted.
+    pub fn hand_over(&self) {
+        self.manager.hand_over_all();
+    }
+
+    /// After every remote snapshot is mounted again: mounts the keeper held that no snapshot claimed are
+    /// detached.
+    pub fn drop_unclaimed(&self) {
+        if let Some(keeper) = &self.keeper {
+            keeper.drop_unclaimed();
+        }
+    }
+
+    /// Serves again the connection the keeper holds for `mountpoint`, if it is this layer's and alive;
+    /// otherwise clears whatever is mounted there (a mount whose server and keeper are both gone) so the
+    /// layer can be mounted afresh.
+    async fn take_over(
+        &self,
+        source: Arc<RegistryBlob>,
+        descriptor: &LayerDescriptor,
+        mountpoint: &Path,
+    ) -> bool {
+        let connection = self
+            .keeper
+            .as_ref()
+            .and_then(|keeper| keeper.take_back(mountpoint, &descriptor.digest));
+        if let Some(connection) = connection {
+            match self
+                .manager
+                .resume(source, descriptor, mountpoint, connection)
+                .await
+            {
+                Ok(_) => return true,
+                Err(err) => {
+                    error!(
+                        mountpoint = %mountpoint.display(),
+                        error = %skiff_types::error_chain(&err),
+                        "cannot serve the lazy mount again; its readers get ENOTCONN"
+                    );
+                    if let Some(keeper) = &self.keeper {
+                        keeper.forget(mountpoint);
+                    }
+                }
+            }
+        }
+        if matches!(skiff_fuse::connection::is_mount_point(mountpoint), Ok(true)) {
+            warn!(
+                mountpoint = %mountpoint.display(),
+                "a lazy mount lost its server (and no keeper held it): detaching it; containers that \
+                 used it get ENOTCONN until restarted"
+            );
+            if let Err(err) = skiff_fuse::connection::abort_and_detach(mountpoint) {
+                warn!(mountpoint = %mountpoint.display(), error = %err, "cannot detach");
+            }
+        }
+        false
     }
 
     fn client_for(&self, layer: &RemoteLayer) -> &RegistryClient {
@@ -249,6 +321,12 @@ impl LayerMounter for FuseRemoteLayers {
                 reference,
                 &descriptor,
             ));
+            if self
+                .take_over(Arc::clone(&source), &descriptor, mountpoint)
+                .await
+            {
+                return Ok(descriptor);
+            }
             match self.manager.mount(source, &descriptor, mountpoint).await {
                 Ok(_) => Ok(descriptor),
                 Err(ManagerError::Open(OpenError::NotLazy { digest, reason })) => {

@@ -7,18 +7,21 @@
 //!   details, removal with garbage collection;
 //! - [`lazy_layers`]: the glue between the snapshotter's remote layers and the FUSE lazy filesystem,
 //!   reading blobs through the registry client;
+//! - [`keeper`]: hands every lazy mount's FUSE connection to `skiff-keeper` and takes them back at
+//!   startup, so mounts outlive skiffd;
 //! - [`containers`], [`tasks`]: container records and their processes, through [`task_runtime`]'s seam
 //!   (`skiff-shim` + runc in skiffd);
 //! - [`work`]: the daemon's spawned work (pulls, output and content streams), drained at shutdown.
 //!
 //! Dependencies point one way: this crate uses `skiff-registry`, `skiff-fuse`, `skiff-snapshotter`,
-//! `skiff-runtime` and `skiff-api`; none of them knows this crate.
+//! `skiff-runtime`, `skiff-keeper` and `skiff-api`; none of them knows this crate.
 
 pub mod config;
 pub mod containers;
 pub mod daemon;
 pub mod grpc;
 pub mod images;
+pub mod keeper;
 pub mod lazy_layers;
 pub mod task_runtime;
 pub mod tasks;

@@ -12,14 +12,15 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyXattr, Request, SessionACL,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request, SessionACL,
 };
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
 use crate::cache::PinGuard;
+use crate::connection::FuseConnection;
 use crate::format::tree::NodeKind;
 use crate::lazyfs::{Attr, DirEntry, FsError, LazyLayer};
 
@@ -86,6 +87,10 @@ struct LayerFs {
     passthrough: AtomicBool,
     backing: Mutex<BackingTable>,
     next_handle: AtomicU64,
+    /// Serving a connection taken over from an earlier daemon: files opened then, in passthrough or
+    /// cached mode, may still be open, and the kernel fails an open whose mode conflicts with theirs. So
+    /// every open is direct I/O, which takes no inode mode at all (no page cache, no passthrough).
+    resumed: bool,
 }
 
 impl LayerFs {
@@ -195,6 +200,10 @@ impl Filesystem for LayerFs {
             return;
         }
         let fh = FileHandle(self.next_handle.fetch_add(1, Ordering::Relaxed));
+        if self.resumed {
+            reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO);
+            return;
+        }
         let mut table = self.backing.lock().unwrap_or_else(|e| e.into_inner());
         let cached_mode = table.cached_opens.contains_key(&ino.0);
         if self.passthrough.load(Ordering::Relaxed)
@@ -393,12 +402,14 @@ pub enum MountError {
     },
 }
 
-/// A mounted lazy layer. Dropping it (or `unmount`) unmounts it and stops its background fetching.
+/// A mounted lazy layer. Dropping it (or `unmount`) unmounts it and stops its background fetching;
+/// [`MountedLayer::hand_over`] leaves it mounted for the keeper and the next daemon.
 pub struct MountedLayer {
     session: Option<fuser::BackgroundSession>,
     background: tokio::task::JoinHandle<()>,
     layer: Arc<LazyLayer>,
     mountpoint: PathBuf,
+    connection: FuseConnection,
 }
 
 impl MountedLayer {
@@ -409,15 +420,47 @@ impl MountedLayer {
         mountpoint: &Path,
         runtime: Handle,
     ) -> Result<MountedLayer, MountError> {
+        let failed = |source| MountError::Mount {
+            digest: layer.descriptor().digest,
+            mountpoint: mountpoint.to_path_buf(),
+            source,
+        };
+        let fsname = format!("skiff:{}", layer.descriptor().digest);
+        let connection = FuseConnection::mount(mountpoint, &fsname).map_err(failed)?;
+        let started = Self::serve(layer.clone(), mountpoint, runtime, connection, true);
+        if started.is_err() {
+            let _ = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH);
+        }
+        started.map_err(failed)
+    }
+
+    /// Serves again a connection an earlier daemon mounted at `mountpoint` for the same layer (the
+    /// kernel's inode numbers are the layer's tree's, so they stay valid), and starts background
+    /// fetching. Requests the kernel queued meanwhile, and those the earlier daemon left unanswered,
+    /// are served now.
+    pub fn resume(
+        layer: Arc<LazyLayer>,
+        mountpoint: &Path,
+        runtime: Handle,
+        connection: FuseConnection,
+    ) -> Result<MountedLayer, MountError> {
+        Self::serve(layer.clone(), mountpoint, runtime, connection, false).map_err(|source| {
+            MountError::Mount {
+                digest: layer.descriptor().digest,
+                mountpoint: mountpoint.to_path_buf(),
+                source,
+            }
+        })
+    }
+
+    fn serve(
+        layer: Arc<LazyLayer>,
+        mountpoint: &Path,
+        runtime: Handle,
+        connection: FuseConnection,
+        fresh: bool,
+    ) -> std::io::Result<MountedLayer> {
         let mut config = Config::default();
-        config.mount_options = vec![
-            MountOption::RO,
-            MountOption::FSName(format!("skiff:{}", layer.descriptor().digest)),
-            MountOption::Subtype("skiff".to_string()),
-            MountOption::DefaultPermissions,
-            MountOption::Dev,
-            MountOption::Suid,
-        ];
         config.acl = SessionACL::All;
         config.n_threads = Some(2);
         let fs = LayerFs {
@@ -426,14 +469,9 @@ impl MountedLayer {
             passthrough: AtomicBool::new(false),
             backing: Mutex::new(BackingTable::default()),
             next_handle: AtomicU64::new(1),
+            resumed: !fresh,
         };
-        let session = fuser::Session::new(fs, mountpoint, &config)
-            .and_then(fuser::Session::spawn)
-            .map_err(|source| MountError::Mount {
-                digest: layer.descriptor().digest,
-                mountpoint: mountpoint.to_path_buf(),
-                source,
-            })?;
+        let session = connection.serve(fs, config, fresh)?;
         let background = layer
             .tasks()
             .spawn_cancellable(&runtime, Arc::clone(&layer).fetch_in_background());
@@ -442,6 +480,7 @@ impl MountedLayer {
             background,
             layer,
             mountpoint: mountpoint.to_path_buf(),
+            connection,
         })
     }
 
@@ -453,9 +492,22 @@ impl MountedLayer {
         &self.mountpoint
     }
 
-    /// Unmounts and waits for the FUSE session to end.
+    /// The FUSE connection (for the keeper to hold a copy of).
+    pub fn connection(&self) -> &FuseConnection {
+        &self.connection
+    }
+
+    /// Unmounts; the FUSE session ends with the connection.
     pub fn unmount(mut self) -> Result<(), MountError> {
         self.stop()
+    }
+
+    /// Stops background fetching and leaves the mount and its connection as they are: whoever else holds
+    /// the connection (the keeper) keeps it alive, and the next daemon serves it. The session's threads
+    /// end with the process.
+    pub fn hand_over(mut self) {
+        self.background.abort();
+        drop(self.session.take());
     }
 
     fn stop(&mut self) -> Result<(), MountError> {
@@ -463,14 +515,22 @@ impl MountedLayer {
         let Some(session) = self.session.take() else {
             return Ok(());
         };
-        let Err(busy) = session.umount_and_join() else {
-            return Ok(());
-        };
-        // Typically EBUSY: a file is still open. Detach now so the mount leaves the namespace; the kernel
-        // ends the connection when the last user closes, and the session thread then exits.
+        match nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::empty()) {
+            // The connection ends with the mount: the session's threads read ENODEV and exit.
+            Ok(()) => {
+                if session.join().is_err() {
+                    warn!(mountpoint = %self.mountpoint.display(), "FUSE session ended with an error");
+                }
+                return Ok(());
+            }
+            Err(nix::errno::Errno::EINVAL) => return Ok(()),
+            Err(_) => {}
+        }
+        // Typically EBUSY: a file is still open, or an overlay stacks on it. Detach now so the mount leaves
+        // the namespace; the connection lives on while its users do, served by the session's threads.
         match nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH) {
             Ok(()) => {
-                warn!(mountpoint = %self.mountpoint.display(), error = %busy, "unmount busy; detached lazily");
+                warn!(mountpoint = %self.mountpoint.display(), "unmount busy; detached lazily");
                 Ok(())
             }
             // No longer a mount point: nothing left to do.

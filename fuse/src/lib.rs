@@ -5,7 +5,8 @@
 //! - `cache`: the content-addressed chunk store (disk + memory LRU).
 //! - `fetch`: blob sources and the chunk fetcher (single-flight, merged Range requests, priorities).
 //! - `lazyfs`: `LazyLayer`, the filesystem as plain methods.
-//! - `adapter`: the fuser adapter and `MountedLayer`, the only code that sees fuser.
+//! - `adapter`: the fuser adapter and `MountedLayer`, the only code that sees fuser's replies.
+//! - `connection`: `FuseConnection`, a mount's `/dev/fuse` descriptor, served afresh or taken over.
 //! - `off`: `false` for off in the config's optional settings.
 //! - `manager`: `LayerManager`, the layers one daemon has mounted (unmounted on removal and shutdown).
 //!
@@ -14,6 +15,7 @@
 
 pub mod adapter;
 pub mod cache;
+pub mod connection;
 pub mod fetch;
 pub mod format;
 pub mod lazyfs;

@@ -1,7 +1,11 @@
 //! `LayerManager`: the lazy layers one daemon has mounted. It owns the shared chunk store (with the
 //! layers' readers and tasks) and settings, mounts a layer at a directory on request, and unmounts one or
 //! all of them (on snapshot removal and at shutdown); at shutdown it first stops the layers' work
-//! ([`LayerManager::stop_work`]), so no task and no mount outlives the daemon that made them.
+//! ([`LayerManager::stop_work`]), so no task outlives the daemon that made them. The mounts either go
+//! with it ([`LayerManager::unmount_all`]) or stay for the next daemon ([`LayerManager::hand_over_all`]):
+//! a [`ConnectionKeeper`] holds a copy of each mount's FUSE connection from the moment it is mounted, so
+//! a daemon that dies unannounced leaves its mounts alive too, and the next one
+//! [resumes](LayerManager::resume) them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +16,8 @@ use tracing::{info, warn};
 
 use crate::adapter::{MountError, MountedLayer};
 use crate::cache::ChunkStore;
-use crate::fetch::{BlobSource, SharedStore, StatsSnapshot};
+use crate::connection::FuseConnection;
+use crate::fetch::{BlobSource, SharedStore, StatsSnapshot, TocBudget};
 use crate::lazyfs::{ChunkCounts, LayerConfig, LazyLayer, OpenError};
 use skiff_types::{Digest, LayerDescriptor};
 
@@ -46,6 +51,13 @@ pub struct MountedInfo {
     pub chunks: ChunkCounts,
 }
 
+/// Who else holds each mount's FUSE connection, so that it outlives the daemon (skiffd: the keeper).
+/// Failures are the keeper's to log: a mount it could not keep works, but dies with the daemon.
+pub trait ConnectionKeeper: Send + Sync {
+    fn keep(&self, mountpoint: &Path, layer: &LayerDescriptor, connection: &FuseConnection);
+    fn forget(&self, mountpoint: &Path);
+}
+
 pub struct LayerManager {
     /// Shared by every layer mounted here, with its readers: one layer's background fetching yields to
     /// readers of all of them.
@@ -53,16 +65,24 @@ pub struct LayerManager {
     config: LayerConfig,
     runtime: Handle,
     mounts: Mutex<BTreeMap<PathBuf, MountedLayer>>,
+    keeper: Option<Arc<dyn ConnectionKeeper>>,
 }
 
 impl LayerManager {
     pub fn new(store: ChunkStore, config: LayerConfig, runtime: Handle) -> Self {
         LayerManager {
-            store: SharedStore::new(store),
+            store: SharedStore::new(store).with_toc_budget(TocBudget::new(config.toc_memory_bytes)),
             config,
             runtime,
             mounts: Mutex::new(BTreeMap::new()),
+            keeper: None,
         }
+    }
+
+    /// Has `keeper` hold every connection mounted from now on.
+    pub fn with_keeper(mut self, keeper: Arc<dyn ConnectionKeeper>) -> Self {
+        self.keeper = Some(keeper);
+        self
     }
 
     fn mounts(&self) -> MutexGuard<'_, BTreeMap<PathBuf, MountedLayer>> {
@@ -88,18 +108,70 @@ impl LayerManager {
         }
         let lazy = LazyLayer::open(source, layer, self.store.clone(), &self.config).await?;
         let mounted = MountedLayer::mount(Arc::clone(&lazy), mountpoint, self.runtime.clone())?;
-        let mut mounts = self.mounts();
-        if mounts.contains_key(mountpoint) {
-            // Someone mounted here while we opened the layer; ours goes away again.
-            drop(mounts);
-            mounted.unmount()?;
+        self.insert(mounted, true)?;
+        info!(layer = %layer.digest, mountpoint = %mountpoint.display(), "lazy layer mounted");
+        Ok(lazy)
+    }
+
+    /// Opens `layer` from its TOC and serves `connection` again, which an earlier daemon mounted at
+    /// `mountpoint` for the same layer (taken back from the keeper).
+    pub async fn resume(
+        &self,
+        source: Arc<dyn BlobSource>,
+        layer: &LayerDescriptor,
+        mountpoint: &Path,
+        connection: FuseConnection,
+    ) -> Result<Arc<LazyLayer>, ManagerError> {
+        if self.mounts().contains_key(mountpoint) {
             return Err(ManagerError::AlreadyMounted {
                 mountpoint: mountpoint.to_path_buf(),
             });
         }
-        mounts.insert(mountpoint.to_path_buf(), mounted);
-        info!(layer = %layer.digest, mountpoint = %mountpoint.display(), "lazy layer mounted");
+        let lazy = LazyLayer::open(source, layer, self.store.clone(), &self.config).await?;
+        let mounted = MountedLayer::resume(
+            Arc::clone(&lazy),
+            mountpoint,
+            self.runtime.clone(),
+            connection,
+        )?;
+        self.insert(mounted, false)?;
+        info!(layer = %layer.digest, mountpoint = %mountpoint.display(), "lazy layer taken over");
         Ok(lazy)
+    }
+
+    /// Records a mount (and has the keeper hold its connection when `keep`), unless someone mounted at
+    /// the same place meanwhile: then ours is unmounted again.
+    fn insert(&self, mounted: MountedLayer, keep: bool) -> Result<(), ManagerError> {
+        let mountpoint = mounted.mountpoint().to_path_buf();
+        let mut mounts = self.mounts();
+        if mounts.contains_key(&mountpoint) {
+            drop(mounts);
+            mounted.unmount()?;
+            return Err(ManagerError::AlreadyMounted { mountpoint });
+        }
+        if let (true, Some(keeper)) = (keep, &self.keeper) {
+            keeper.keep(
+                &mountpoint,
+                mounted.layer().descriptor(),
+                mounted.connection(),
+            );
+        }
+        mounts.insert(mountpoint, mounted);
+        Ok(())
+    }
+
+    /// Has the keeper hold every connection mounted here (again: after the keeper itself was restarted).
+    pub fn keep_all(&self) {
+        let Some(keeper) = &self.keeper else {
+            return;
+        };
+        for (mountpoint, mounted) in self.mounts().iter() {
+            keeper.keep(
+                mountpoint,
+                mounted.layer().descriptor(),
+                mounted.connection(),
+            );
+        }
     }
 
     /// Unmounts the layer at `mountpoint`.
@@ -110,8 +182,16 @@ impl LayerManager {
             .ok_or_else(|| ManagerError::NotMounted {
                 mountpoint: mountpoint.to_path_buf(),
             })?;
-        mounted.unmount()?;
+        let unmounted = mounted.unmount();
+        self.forget(mountpoint);
+        unmounted?;
         Ok(())
+    }
+
+    fn forget(&self, mountpoint: &Path) {
+        if let Some(keeper) = &self.keeper {
+            keeper.forget(mountpoint);
+        }
     }
 
     /// Ends the layers' work (shutdown): fetches nobody waits for (background, readahead) stop, spans in
@@ -134,6 +214,20 @@ impl LayerManager {
             if let Err(err) = mounted.unmount() {
                 warn!(mountpoint = %mountpoint.display(), error = ?err, "unmount failed");
             }
+            self.forget(&mountpoint);
+        }
+    }
+
+    /// Leaves every layer mounted for the next daemon (shutdown for an upgrade or restart): background
+    /// work stops; the keeper holds the connections.
+    pub fn hand_over_all(&self) {
+        let mounts = std::mem::take(&mut *self.mounts());
+        let count = mounts.len();
+        for mounted in mounts.into_values() {
+            mounted.hand_over();
+        }
+        if count > 0 {
+            info!(count, "lazy mounts left to the keeper");
         }
     }
 

@@ -126,6 +126,7 @@ fn small_limits() -> Limits {
         max_name_len: 4096,
         max_file_size: 1 << 30,
         max_chunk_size: 1 << 20,
+        max_expansion: 64,
     }
 }
 

@@ -20,7 +20,7 @@ use nix::errno::Errno;
 use skiff_fuse::cache::{CacheConfig, ChunkStore};
 use skiff_fuse::fetch::{
     BackgroundConfig, BlobSource, ChunkFetcher, FetchConfig, FetchError, LayerStats, MemoryBlob,
-    Priority, SharedStore, SourceError,
+    Priority, SharedStore, SourceError, TocBudget,
 };
 use skiff_fuse::format::chunk::Compression;
 use skiff_fuse::format::tree::{ChunkRef, Ino, NodeKind, OPAQUE_XATTR, ROOT_INO};
@@ -230,6 +230,7 @@ fn quiet() -> LayerConfig {
             directory_bytes: None,
             ..FetchConfig::default()
         },
+        ..LayerConfig::default()
     }
 }
 
@@ -247,6 +248,7 @@ fn with_fetch(fetch: FetchConfig) -> LayerConfig {
     LayerConfig {
         require_toc_digest: true,
         fetch,
+        ..LayerConfig::default()
     }
 }
 
@@ -1188,6 +1190,30 @@ async fn a_source_that_keeps_failing_is_eio() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_that_stops_answering_fails_a_read_within_the_bound_and_a_later_read_retries() {
+    let mut config = quiet();
+    config.fetch.read_timeout_secs = 1;
+    let items = sample_items(false);
+    let fx = Fixture::estargz(&items, 4096, config).await;
+    let hosts = fx.ino("etc/hosts");
+    fx.source.close_gate();
+    let started = std::time::Instant::now();
+    let err = fx.layer.read(hosts, 0, 100).await.unwrap_err();
+    let waited = started.elapsed();
+    assert_eq!(errno(&err), Errno::EIO);
+    assert!(matches!(err, FsError::TimedOut(_)), "{err:?}");
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(10),
+        "waited {waited:?}"
+    );
+    fx.source.open_gate();
+    assert_eq!(
+        fx.layer.read(hosts, 0, 100).await.unwrap(),
+        &b"127.0.0.1 localhost\n"[..]
+    );
+}
+
 // ---------------------------------------------------------------------------------------------------
 // 6. Opening: TOC digests and damaged blobs
 // ---------------------------------------------------------------------------------------------------
@@ -1199,6 +1225,49 @@ async fn try_open(
 ) -> Result<Arc<LazyLayer>, OpenError> {
     let (_dir, store) = new_store();
     LazyLayer::open(CountingBlob::new("open", bytes), descriptor, store, config).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_toc_that_needs_more_than_the_budget_is_refused_and_smaller_ones_share_it() {
+    let blob = build_estargz(&sample_items(false), 4096);
+    let descriptor = estargz_descriptor(&blob);
+    let (_dir, store) = new_store();
+    let tiny = SharedStore::new(store.clone()).with_toc_budget(TocBudget::new(1024));
+    match LazyLayer::open(
+        CountingBlob::new("budget", blob.bytes.clone()),
+        &descriptor,
+        tiny,
+        &quiet(),
+    )
+    .await
+    {
+        Err(OpenError::TocBudget { cost, budget, .. }) => {
+            assert!(cost > budget, "{cost} <= {budget}");
+            assert_eq!(budget, 1024);
+        }
+        Err(other) => panic!("expected TocBudget, got {other:?}"),
+        Ok(_) => panic!("expected TocBudget, got a layer"),
+    }
+    // A budget with room for one TOC at a time: many opens at once all succeed, one after another.
+    let one_at_a_time = SharedStore::new(store)
+        .with_toc_budget(TocBudget::new(TocBudget::cost(&blob.toc_json)));
+    let opens = (0..8).map(|i| {
+        let shared = one_at_a_time.clone();
+        let bytes = blob.bytes.clone();
+        let descriptor = descriptor.clone();
+        async move {
+            LazyLayer::open(
+                CountingBlob::new(&format!("budget{i}"), bytes),
+                &descriptor,
+                shared,
+                &quiet(),
+            )
+            .await
+        }
+    });
+    for opened in futures::future::join_all(opens).await {
+        opened.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -29,6 +29,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("npm", "apt-get install npm"),
     ("chroot", "apt-get install coreutils"),
     ("go", "apt-get install golang-go"),
+    ("systemd-analyze", "apt-get install systemd"),
     (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
         "apt-get install fonts-dejavu-core",

@@ -186,6 +186,27 @@ impl Skiffd {
         self.spawn()
     }
 
+    /// Ends skiffd with `signal` (SIGKILL: a crash; SIGTERM: a restart or an upgrade), leaves it down for
+    /// `down`, and starts it again with the same root, socket and options.
+    pub fn restart_after(&mut self, signal: Signal, down: std::time::Duration) -> Result<()> {
+        if let Some(mut process) = self.process.take() {
+            let _ = kill(Pid::from_raw(process.pid() as i32), signal);
+            process.stop();
+        }
+        std::thread::sleep(down);
+        self.spawn()
+    }
+
+    /// The pids of the keeper (`skiff-keeper`) serving this skiffd's root.
+    pub fn keeper_pids(&self) -> Vec<u32> {
+        let socket = self.root().join("keeper.sock").display().to_string();
+        crate::process::processes_mentioning(&socket)
+            .into_iter()
+            .filter(|(_, command)| command.contains("skiff-keeper"))
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
     /// Ends every container skiffd's tasks still run (through runc with skiffd's `--root ROOT/runc`) and
     /// their shims, which carry the root's path on their command lines.
     fn end_tasks(&self) {

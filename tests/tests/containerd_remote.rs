@@ -56,12 +56,19 @@ struct Bed {
     proxy: FaultProxy,
     registry: Registry,
     _config_dir: tempfile::TempDir,
+    unmount_on_exit: bool,
 }
 
 impl Bed {
     /// Pushes the image and converts it with `ctr-remote` (in a containerd of its own, whose content store
     /// gets every blob) to each `(format, repo:tag)`.
+    /// skiffd runs with `--unmount-on-exit`: when the bed finishes, nothing may be left mounted.
     fn start(conversions: &[(LazyFormat, &str)]) -> Result<Bed> {
+        Self::start_with(conversions, true)
+    }
+
+    /// `unmount_on_exit: false`: a SIGTERM leaves the lazy mounts to the keeper for the next skiffd.
+    fn start_with(conversions: &[(LazyFormat, &str)], unmount_on_exit: bool) -> Result<Bed> {
         require(TOOLS)?;
         let registry = Registry::start(RegistryAuth::Anonymous)?;
         let image = ImageSpec::new()
@@ -80,6 +87,11 @@ impl Bed {
         let config = write_lazy_skiffd_config(config_dir.path(), &proxy.host())?;
         let skiffd = Skiffd::start_with(SkiffdOptions {
             config: Some(config),
+            extra_args: if unmount_on_exit {
+                vec!["--unmount-on-exit".into()]
+            } else {
+                Vec::new()
+            },
             ..SkiffdOptions::default()
         })?;
         let containerd = Containerd::start_with(ContainerdConfig {
@@ -92,6 +104,7 @@ impl Bed {
             proxy,
             registry,
             _config_dir: config_dir,
+            unmount_on_exit,
         })
     }
 
@@ -226,6 +239,7 @@ impl Bed {
         let Bed {
             containerd,
             mut skiffd,
+            unmount_on_exit,
             ..
         } = self;
         drop(containerd);
@@ -234,7 +248,7 @@ impl Bed {
         let mounts = mounts_under(skiffd.work_dir());
         result.with_context(|| format!("skiffd log:\n{log}"))?;
         ensure!(
-            mounts.is_empty(),
+            mounts.is_empty() || !unmount_on_exit,
             "mounts left after skiffd stopped: {mounts:?}"
         );
         Ok(())
@@ -479,7 +493,7 @@ fn skiff_rpull_pulls_zstd_chunked_and_index_images_through_containerd() -> Resul
 
 #[test]
 fn rpulled_lazy_layers_survive_a_skiffd_restart() -> Result<()> {
-    let mut bed = Bed::start(&[(LazyFormat::Estargz, "lazy:1")])?;
+    let mut bed = Bed::start_with(&[(LazyFormat::Estargz, "lazy:1")], false)?;
     let result = (|| -> Result<()> {
         let image = bed.image("lazy:1");
         let layers = bed.layers("lazy:1")?;
@@ -492,8 +506,13 @@ fn rpulled_lazy_layers_survive_a_skiffd_restart() -> Result<()> {
             .map(|m| m.mount_point)
             .collect();
 
-        // SIGTERM unmounts everything; containerd keeps running and reconnects to the same socket.
+        // SIGTERM leaves the mounts to the keeper and the restarted skiffd serves them again; containerd
+        // keeps running and reconnects to the same socket.
         bed.skiffd.restart()?;
+        ensure!(
+            bed.skiffd.log().contains("lazy layer taken over"),
+            "the restarted skiffd did not take the mounts over"
+        );
         bed.ensure_mounted(&layers, 1)?;
         let mut after: Vec<PathBuf> = bed
             .lazy_mounts()?

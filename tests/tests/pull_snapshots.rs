@@ -261,8 +261,10 @@ impl Bed {
         let proxy = FaultProxy::in_front_of(&registry)?;
         let config_dir = tempfile::tempdir()?;
         let config = write_lazy_skiffd_config(config_dir.path(), &proxy.host())?;
+        // A full stop: the bed checks that nothing is left mounted.
         let skiffd = Skiffd::start_with(SkiffdOptions {
             config: Some(config),
+            extra_args: vec!["--unmount-on-exit".into()],
             ..SkiffdOptions::default()
         })?;
         Ok(Bed {

@@ -28,6 +28,10 @@ struct Args {
     /// Log filter, e.g. `debug` [default: info].
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// On SIGTERM unmount the lazy layers (those in use are detached) instead of leaving them to the
+    /// keeper for the next skiffd.
+    #[arg(long)]
+    unmount_on_exit: bool,
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
     if let Some(address) = args.address {
         config.address = address;
     }
+    config.unmount_on_exit |= args.unmount_on_exit;
     if let Some(level) = args.log_level {
         config.log.level = level;
     }
@@ -71,7 +76,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(skiff_daemon::daemon::run(config)) {
+    let ran = runtime.block_on(skiff_daemon::daemon::run(config));
+    // Never dropped: dropping a FUSE reply that was not sent answers the kernel with EIO, and a read
+    // still in flight after a hand-over must reach the next skiffd instead (the kernel resends it).
+    std::mem::forget(runtime);
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("skiffd: {}", skiff_api::error_chain(&err));

@@ -23,7 +23,10 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 pub use fetcher::{ChunkFetcher, Priority};
-pub use shared::{LayerTasks, ReaderActivity, ReaderWait, SharedStore};
+pub use shared::{
+    LayerTasks, ReaderActivity, ReaderWait, SharedStore, TocBudget, TocPermit,
+    DEFAULT_TOC_MEMORY_BYTES, TOC_PARSE_COST,
+};
 pub use source::{check_range, BlobSource, FileBlob, MemoryBlob};
 
 use crate::cache::CacheError;
@@ -101,6 +104,10 @@ pub struct FetchConfig {
     /// Attempts per span, and per read of a layer's footer and TOC when it is mounted, when the registry
     /// fails or sends bytes that do not verify.
     pub attempts: u32,
+    /// Longest a read waits for the registry, in seconds: then it fails with EIO, whatever the registry
+    /// does (a span otherwise costs up to `attempts` × the registry client's retries × its request
+    /// timeout). The fetch may go on; a later read of the same bytes joins it or starts anew.
+    pub read_timeout_secs: u64,
     /// Largest readahead after sequential reads, in bytes; a sequential read starts it at twice its own size, and each next one doubles it.
     pub max_readahead_bytes: u64,
     /// When a read misses, also fetch (beside it, unawaited) the chunks that follow it in the blob, up
@@ -128,6 +135,7 @@ impl Default for FetchConfig {
             max_gap_bytes: 256 << 10,
             parallel_requests: 8,
             attempts: 3,
+            read_timeout_secs: 60,
             max_readahead_bytes: 8 << 20,
             neighbour_bytes: Some(128 << 10),
             directory_bytes: Some(2 << 20),

@@ -1,7 +1,8 @@
 //! What the lazy layers of one daemon share besides the chunk store: [`ReaderActivity`] (which readers
 //! wait on the network now, and since when none has: background fetching stays off the link meanwhile)
 //! and [`LayerTasks`] (every task the layers spawn, tracked, so shutdown cancels what nobody waits for and
-//! waits for the rest). [`SharedStore`] bundles them with the store.
+//! waits for the rest), and [`TocBudget`] (the memory all TOCs being parsed at once may take).
+//! [`SharedStore`] bundles them with the store.
 
 use std::future::Future;
 use std::ops::Deref;
@@ -24,6 +25,7 @@ pub struct SharedStore {
     store: ChunkStore,
     readers: Arc<ReaderActivity>,
     tasks: LayerTasks,
+    toc_budget: TocBudget,
 }
 
 impl SharedStore {
@@ -32,7 +34,19 @@ impl SharedStore {
             store,
             readers: Arc::new(ReaderActivity::new()),
             tasks: LayerTasks::default(),
+            toc_budget: TocBudget::new(DEFAULT_TOC_MEMORY_BYTES),
         }
+    }
+
+    /// The same, with `budget` for parsing TOCs.
+    pub fn with_toc_budget(mut self, budget: TocBudget) -> Self {
+        self.toc_budget = budget;
+        self
+    }
+
+    /// The memory every layer on this store may use to parse TOCs at once.
+    pub fn toc_budget(&self) -> &TocBudget {
+        &self.toc_budget
     }
 
     pub fn store(&self) -> &ChunkStore {
@@ -179,5 +193,66 @@ impl Drop for ReaderWait<'_> {
 impl Default for ReaderActivity {
     fn default() -> Self {
         ReaderActivity::new()
+    }
+}
+
+/// The default of `[lazy] toc_memory_bytes`.
+pub const DEFAULT_TOC_MEMORY_BYTES: u64 = 256 << 20;
+
+/// The estimated memory to parse a TOC and build its file tree, beyond the JSON itself: per byte of JSON
+/// and per JSON object (an entry, or an entry's xattrs). Measured on generated TOCs (release build, peak
+/// RSS over the JSON buffer): about 1,280 bytes per file entry with chunk digests (300 bytes of JSON
+/// each) and 1,080 per directory entry (118 bytes of JSON); the estimate is 1.2–1.4 times that.
+pub const TOC_PARSE_COST: (u64, u64) = (5, 1000);
+
+/// The memory all TOCs being parsed at once may take: a TOC waits until its estimated cost
+/// ([`TocBudget::cost`]) fits, and one that could never fit is refused. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct TocBudget {
+    kib: Arc<tokio::sync::Semaphore>,
+    total_kib: u64,
+}
+
+/// What one TOC holds of the budget, until dropped.
+#[derive(Debug)]
+pub struct TocPermit(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl TocBudget {
+    pub fn new(bytes: u64) -> Self {
+        let total_kib = bytes.div_ceil(1024).clamp(1, u64::from(u32::MAX));
+        TocBudget {
+            kib: Arc::new(tokio::sync::Semaphore::new(total_kib as usize)),
+            total_kib,
+        }
+    }
+
+    /// The budget in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.total_kib * 1024
+    }
+
+    /// The estimated memory to parse the TOC `json` and build its tree: the JSON, 2.5 times it again,
+    /// and [`TOC_PARSE_COST`]`.1` per `{` (every entry is an object; a `{` inside a string only makes the
+    /// estimate larger).
+    pub fn cost(json: &[u8]) -> u64 {
+        let objects = json.iter().filter(|&&b| b == b'{').count() as u64;
+        let bytes = json.len() as u64;
+        bytes
+            .saturating_add(bytes.saturating_mul(TOC_PARSE_COST.0) / 2)
+            .saturating_add(objects.saturating_mul(TOC_PARSE_COST.1))
+    }
+
+    /// Waits until parsing the TOC `json` fits; `Err(cost)` when it never can.
+    pub async fn reserve(&self, json: &[u8]) -> Result<TocPermit, u64> {
+        let cost = Self::cost(json);
+        let kib = cost.div_ceil(1024).max(1);
+        if kib > self.total_kib {
+            return Err(cost);
+        }
+        let permit = Arc::clone(&self.kib)
+            .acquire_many_owned(kib as u32)
+            .await
+            .expect("the TOC budget's semaphore is never closed");
+        Ok(TocPermit(permit))
     }
 }

@@ -181,12 +181,23 @@ pub fn footer_bytes(toc_offset: u64) -> [u8; FOOTER_SIZE as usize] {
 /// with one file `stargz.index.json`: decompresses it (bounded by `limits`), reads the tar entry and
 /// returns the TOC and the digest of the JSON bytes — what the toc.digest annotation pins.
 pub fn parse_toc(region: &[u8], limits: &Limits) -> Result<(Toc, Digest), FormatError> {
-    // Go's reader stops at the end of the first member; so do we.
-    let mut tar = flate2::bufread::GzDecoder::new(region);
-    let json = read_toc_tar(&mut tar, limits)?;
-    let digest = Digest::of(&json);
+    let (json, digest) = decompress_toc(region, limits)?;
     let toc = parse_toc_json(&json, limits)?;
     Ok((toc, digest))
+}
+
+/// The first half of [`parse_toc`]: the TOC's JSON bytes and their digest, not yet parsed. The JSON may
+/// be at most `limits.max_expansion` times the region's size.
+pub fn decompress_toc(region: &[u8], limits: &Limits) -> Result<(Vec<u8>, Digest), FormatError> {
+    let limits = Limits {
+        max_toc_bytes: limits.max_toc_bytes_from(region.len() as u64),
+        ..limits.clone()
+    };
+    // Go's reader stops at the end of the first member; so do we.
+    let mut tar = flate2::bufread::GzDecoder::new(region);
+    let json = read_toc_tar(&mut tar, &limits)?;
+    let digest = Digest::of(&json);
+    Ok((json, digest))
 }
 
 const BLOCK: usize = 512;
@@ -553,6 +564,29 @@ mod tests {
         );
         tar_file(&mut tar, "ignored-name", JSON, b'0');
         assert!(parse_toc(&gzip(&tar), &Limits::default()).is_ok());
+    }
+
+    #[test]
+    fn a_toc_that_inflates_far_beyond_its_compressed_size_is_refused_before_inflating() {
+        // 8 MiB of JSON that gzip packs into a few KiB: a real TOC compresses a few times at most.
+        let mut json = b"{\"version\":1,\"entries\":[".to_vec();
+        json.resize(8 << 20, b' ');
+        json.extend_from_slice(b"]}");
+        let region = toc_region(TOC_TAR_NAME, &json);
+        let limits = Limits::default();
+        assert!((json.len() as u64) > region.len() as u64 * limits.max_expansion);
+        match decompress_toc(&region, &limits) {
+            Err(FormatError::TooLarge { limit, .. }) => {
+                assert_eq!(limit, region.len() as u64 * limits.max_expansion)
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        // With room for it, the same TOC parses.
+        let generous = Limits {
+            max_expansion: u64::MAX,
+            ..Limits::default()
+        };
+        assert!(parse_toc(&region, &generous).is_ok());
     }
 
     #[test]

@@ -35,6 +35,18 @@ pub struct Limits {
     pub max_file_size: u64,
     /// Largest single chunk (uncompressed) accepted: bounds what one read may have to decompress.
     pub max_chunk_size: u64,
+    /// Largest ratio of a TOC's JSON to its compressed bytes. A real TOC compresses a few times (its
+    /// chunk digests do not compress at all); a few hundred KB that inflate to hundreds of MB are an
+    /// attack on the daemon's memory, refused before they are inflated.
+    pub max_expansion: u64,
+}
+
+impl Limits {
+    /// The largest TOC JSON accepted from `compressed` bytes.
+    pub fn max_toc_bytes_from(&self, compressed: u64) -> u64 {
+        self.max_toc_bytes
+            .min(compressed.saturating_mul(self.max_expansion))
+    }
 }
 
 impl Default for Limits {
@@ -45,6 +57,7 @@ impl Default for Limits {
             max_name_len: 4096,
             max_file_size: 1 << 40,
             max_chunk_size: 256 << 20,
+            max_expansion: 64,
         }
     }
 }

@@ -111,6 +111,18 @@ pub fn parse_toc(
     position: &ManifestPosition,
     limits: &Limits,
 ) -> Result<(Toc, Digest), FormatError> {
+    let (json, digest) = decompress_toc(region, position, limits)?;
+    let toc = parse_toc_json(&json, limits)?;
+    Ok((toc, digest))
+}
+
+/// The first half of [`parse_toc`]: the TOC's JSON bytes (at most `limits.max_expansion` times the
+/// region's size) and the region's digest, not yet parsed.
+pub fn decompress_toc(
+    region: &[u8],
+    position: &ManifestPosition,
+    limits: &Limits,
+) -> Result<(Vec<u8>, Digest), FormatError> {
     if region.len() as u64 != position.length {
         return Err(FormatError::TocRegionSize {
             expected: position.length,
@@ -126,16 +138,16 @@ pub fn parse_toc(
             reason: "unsupported manifest type, only 1 (crfs) is known".into(),
         });
     }
-    if position.uncompressed_length > limits.max_toc_bytes {
+    let limit = limits.max_toc_bytes_from(region.len() as u64);
+    if position.uncompressed_length > limit {
         return Err(FormatError::TooLarge {
             what: "zstd:chunked toc",
-            limit: limits.max_toc_bytes,
+            limit,
         });
     }
     let digest = Digest::of(region);
     let json = decode_exact(region, position.uncompressed_length)?;
-    let toc = parse_toc_json(&json, limits)?;
-    Ok((toc, digest))
+    Ok((json, digest))
 }
 
 /// Decodes the zstd stream in `region`, requiring exactly `expected` bytes: one byte more than
@@ -238,6 +250,12 @@ mod tests {
         };
         assert!(matches!(
             parse_toc(&region, &pos, &small),
+            Err(FormatError::TooLarge { .. })
+        ));
+        // A region that claims to inflate far beyond what a TOC does is refused before inflating.
+        let inflating = position(&region, region.len() * 64 + 1);
+        assert!(matches!(
+            parse_toc(&region, &inflating, &limits),
             Err(FormatError::TooLarge { .. })
         ));
         let mut corrupt = region.clone();

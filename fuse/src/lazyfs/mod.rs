@@ -35,6 +35,10 @@ pub struct LayerConfig {
     /// Refuse an eStargz layer whose manifest does not pin its TOC digest (otherwise: warn and trust
     /// the TOC, whose chunk digests still protect every byte served).
     pub require_toc_digest: bool,
+    /// Memory all TOCs being parsed at once may take (estimated per TOC by [`crate::fetch::TocBudget::cost`]:
+    /// about 1.3 KB per entry while it is parsed); a TOC that alone needs more is refused, and its layer
+    /// unpacked.
+    pub toc_memory_bytes: u64,
     pub fetch: FetchConfig,
 }
 
@@ -42,6 +46,7 @@ impl Default for LayerConfig {
     fn default() -> Self {
         LayerConfig {
             require_toc_digest: true,
+            toc_memory_bytes: crate::fetch::DEFAULT_TOC_MEMORY_BYTES,
             fetch: FetchConfig::default(),
         }
     }
@@ -78,6 +83,12 @@ pub enum OpenError {
         end: u64,
         size: u64,
     },
+    #[error("parsing the TOC of layer {digest} would take about {cost} bytes of memory, more than [lazy] toc_memory_bytes ({budget})")]
+    TocBudget {
+        digest: Digest,
+        cost: u64,
+        budget: u64,
+    },
     #[error("the TOC of layer {digest} is {actual}, but the manifest pins {expected}")]
     TocDigestMismatch {
         digest: Digest,
@@ -108,6 +119,8 @@ pub enum FsError {
     NoAttribute,
     #[error("reading file bytes")]
     Fetch(#[source] FetchError),
+    #[error("the registry did not deliver the bytes within {0:?}")]
+    TimedOut(std::time::Duration),
     #[error("chunk cache")]
     Cache(#[source] CacheError),
 }
@@ -121,7 +134,7 @@ impl FsError {
             FsError::IsADirectory => Errno::EISDIR,
             FsError::NotASymlink | FsError::NotAFile => Errno::EINVAL,
             FsError::NoAttribute => Errno::ENODATA,
-            FsError::Fetch(_) | FsError::Cache(_) => Errno::EIO,
+            FsError::Fetch(_) | FsError::Cache(_) | FsError::TimedOut(_) => Errno::EIO,
         };
         errno as i32
     }
@@ -183,7 +196,15 @@ impl LazyLayer {
         config: &LayerConfig,
     ) -> Result<Arc<LazyLayer>, OpenError> {
         let limits = Limits::default();
-        let found = open::find_toc_retrying(source.as_ref(), descriptor, &limits, config).await?;
+        let store: SharedStore = store.into();
+        let found = open::find_toc_retrying(
+            source.as_ref(),
+            descriptor,
+            &limits,
+            config,
+            store.toc_budget(),
+        )
+        .await?;
         let digest = descriptor.digest;
         let tree = FileTree::build(&found.toc, found.compression, found.toc_end, &limits)
             .map_err(|source| OpenError::Format { digest, source })?;
@@ -406,10 +427,10 @@ impl LazyLayer {
                 self.fetch_ahead(siblings);
             }
         }
-        let data = self
-            .fetcher
-            .get(chunks, Priority::Demand)
+        let bound = std::time::Duration::from_secs(self.fetcher.config().read_timeout_secs);
+        let data = tokio::time::timeout(bound, self.fetcher.get(chunks, Priority::Demand))
             .await
+            .map_err(|_| FsError::TimedOut(bound))?
             .map_err(FsError::Fetch)?;
         if let Some(ahead) = readahead {
             self.fetch_ahead(ahead);

@@ -13,9 +13,9 @@ use skiff_types::{error_chain, Digest, LayerDescriptor};
 use tracing::warn;
 
 use super::{LayerConfig, LayerFormat, OpenError};
-use crate::fetch::{BlobSource, FetchError};
+use crate::fetch::{BlobSource, FetchError, TocBudget, TocPermit};
 use crate::format::chunk::Compression;
-use crate::format::toc::{Limits, Toc};
+use crate::format::toc::{self, Limits, Toc};
 use crate::format::{estargz, zstd_chunked, FormatError};
 
 /// Whether the descriptor's annotations announce a lazy format (an eStargz TOC digest or a zstd:chunked
@@ -38,11 +38,12 @@ pub(super) async fn find_toc_retrying(
     descriptor: &LayerDescriptor,
     limits: &Limits,
     config: &LayerConfig,
+    budget: &TocBudget,
 ) -> Result<FoundToc, OpenError> {
     let attempts = config.fetch.attempts.max(1);
     let mut attempt = 1;
     loop {
-        match find_toc(source, descriptor, limits, config).await {
+        match find_toc(source, descriptor, limits, config, budget).await {
             Err(err) if attempt < attempts && may_be_transient(&err, descriptor) => {
                 warn!(layer = %descriptor.digest, attempt, error = %error_chain(&err), "reading the TOC failed; trying again");
                 tokio::time::sleep(Duration::from_millis(50 << (attempt - 1).min(4))).await;
@@ -60,7 +61,7 @@ fn may_be_transient(err: &OpenError, descriptor: &LayerDescriptor) -> bool {
         | OpenError::TocOutOfBounds { .. }
         | OpenError::TocDigestMismatch { .. } => true,
         OpenError::NotLazy { .. } => announces_lazy_format(descriptor),
-        OpenError::TocDigestMissing { .. } => false,
+        OpenError::TocDigestMissing { .. } | OpenError::TocBudget { .. } => false,
     }
 }
 
@@ -71,11 +72,13 @@ pub(super) async fn find_toc(
     descriptor: &LayerDescriptor,
     limits: &Limits,
     config: &LayerConfig,
+    budget: &TocBudget,
 ) -> Result<FoundToc, OpenError> {
     let reader = TocReader {
         source,
         descriptor,
         limits,
+        budget,
     };
     let found = match descriptor_annotation(
         descriptor,
@@ -116,6 +119,8 @@ pub(super) struct FoundToc {
     /// Where the last chunk's compressed bytes end at the latest.
     pub(super) toc_end: u64,
     toc_digest: Digest,
+    /// The TOC budget this TOC holds until its file tree is built.
+    pub(super) _parse_budget: TocPermit,
     /// The digest the manifest pins, if it does, and the annotation that would pin it.
     pinned: Option<String>,
     pin_annotation: &'static str,
@@ -136,6 +141,7 @@ struct TocReader<'a> {
     source: &'a dyn BlobSource,
     descriptor: &'a LayerDescriptor,
     limits: &'a Limits,
+    budget: &'a TocBudget,
 }
 
 impl TocReader<'_> {
@@ -185,16 +191,34 @@ impl TocReader<'_> {
         self.read(range).await
     }
 
+    /// Parses TOC JSON once the TOC budget has room for it; the permit is held until the layer's file
+    /// tree is built.
+    async fn parse(&self, json: Vec<u8>) -> Result<(Toc, TocPermit), OpenError> {
+        let permit =
+            self.budget
+                .reserve(&json)
+                .await
+                .map_err(|cost| OpenError::TocBudget {
+                    digest: self.digest(),
+                    cost,
+                    budget: self.budget.bytes(),
+                })?;
+        let toc = toc::parse_toc_json(&json, self.limits).map_err(|err| self.format_error(err))?;
+        Ok((toc, permit))
+    }
+
     async fn zstd_chunked(&self, position: &str) -> Result<FoundToc, OpenError> {
         let position = zstd_chunked::parse_manifest_position(position)
             .map_err(|err| self.format_error(err))?;
         let region = self.read_toc_region(position.range()).await?;
-        let (toc, toc_digest) = zstd_chunked::parse_toc(&region, &position, self.limits)
+        let (json, toc_digest) = zstd_chunked::decompress_toc(&region, &position, self.limits)
             .map_err(|err| self.format_error(err))?;
+        let (toc, permit) = self.parse(json).await?;
         Ok(FoundToc {
             format: LayerFormat::ZstdChunked,
             compression: Compression::Zstd,
             toc,
+            _parse_budget: permit,
             toc_end: position.payload_end(),
             toc_digest,
             pinned: descriptor_annotation(
@@ -225,12 +249,14 @@ impl TocReader<'_> {
             .toc_range(size)
             .map_err(|err| self.format_error(err))?;
         let region = self.read_toc_region(range).await?;
-        let (toc, toc_digest) =
-            estargz::parse_toc(&region, self.limits).map_err(|err| self.format_error(err))?;
+        let (json, toc_digest) =
+            estargz::decompress_toc(&region, self.limits).map_err(|err| self.format_error(err))?;
+        let (toc, permit) = self.parse(json).await?;
         Ok(FoundToc {
             format: LayerFormat::Estargz,
             compression: Compression::Gzip,
             toc,
+            _parse_budget: permit,
             toc_end: footer.toc_offset,
             toc_digest,
             pinned: self
