@@ -263,6 +263,10 @@ fn print_detail(detail: &v1::ImageDetail) {
     for (i, layer) in detail.layers.iter().enumerate() {
         println!("  {}", describe(&Some(layer.clone())));
         if let Some(fetch) = detail.fetch.get(i).filter(|f| f.lazy) {
+            if fetch.unmounted {
+                println!("    lazy: NOT MOUNTED (skiffd could not mount it again; see its log)");
+                continue;
+            }
             println!(
                 "    lazy: {} of {} fetched in {} requests",
                 output::size(fetch.bytes_fetched),
@@ -317,6 +321,7 @@ fn detail_json(detail: &v1::ImageDetail) -> anyhow::Result<String> {
                         "chunks_total": f.chunks_total,
                         "chunks_cached": f.chunks_cached,
                         "duplicate_fetches": f.duplicate_fetches,
+                        "mounted": !f.unmounted,
                     })
                 });
             value
@@ -365,8 +370,14 @@ fn fetched_summary(fetch: &[v1::LayerFetch]) -> String {
     let (cached, chunks) = lazy.fold((0, 0), |(cached, chunks), f| {
         (cached + f.chunks_cached, chunks + f.chunks_total)
     });
+    let unmounted = fetch.iter().filter(|f| f.unmounted).count();
+    let warning = if unmounted > 0 {
+        format!(", {unmounted} NOT MOUNTED")
+    } else {
+        String::new()
+    };
     format!(
-        "lazy {percent:.0}% ({} of {}, {cached} of {chunks} chunks cached)",
+        "lazy {percent:.0}% ({} of {}, {cached} of {chunks} chunks cached{warning})",
         output::size(fetched),
         output::size(total)
     )
@@ -397,6 +408,16 @@ mod tests {
         };
         let counted = fetched_summary(&[chunks(3, 10), chunks(5, 30)]);
         assert!(counted.ends_with(", 8 of 40 chunks cached)"), "{counted}");
+        // A lazy layer skiffd could not mount again is still lazy, never "full", and says so.
+        let unmounted = v1::LayerFetch {
+            unmounted: true,
+            ..layer(true, 0, 100)
+        };
+        let summary = fetched_summary(&[unmounted]);
+        assert!(
+            summary.starts_with("lazy 0% (") && summary.ends_with(", 1 NOT MOUNTED)"),
+            "{summary}"
+        );
     }
 
     #[test]
@@ -426,6 +447,7 @@ mod tests {
                     background_bytes: 10,
                     bytes_read: 77,
                     duplicate_fetches: 0,
+                    unmounted: false,
                 },
             ],
             ..v1::ImageDetail::default()

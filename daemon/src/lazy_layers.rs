@@ -282,6 +282,7 @@ impl RemoteMounts for FuseRemoteLayers {
 
     fn stats(&self, mountpoint: &Path) -> Option<RemoteLayerStats> {
         self.manager.info(mountpoint).map(|m| RemoteLayerStats {
+            mounted: true,
             bytes_fetched: m.stats.bytes_fetched,
             requests: m.stats.requests,
             file_bytes: m.total_file_bytes,

@@ -1249,8 +1249,8 @@ async fn a_toc_that_needs_more_than_the_budget_is_refused_and_smaller_ones_share
         Ok(_) => panic!("expected TocBudget, got a layer"),
     }
     // A budget with room for one TOC at a time: many opens at once all succeed, one after another.
-    let one_at_a_time = SharedStore::new(store)
-        .with_toc_budget(TocBudget::new(TocBudget::cost(&blob.toc_json)));
+    let one_at_a_time =
+        SharedStore::new(store).with_toc_budget(TocBudget::new(TocBudget::cost(&blob.toc_json)));
     let opens = (0..8).map(|i| {
         let shared = one_at_a_time.clone();
         let bytes = blob.bytes.clone();

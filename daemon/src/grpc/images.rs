@@ -65,6 +65,7 @@ fn image_detail(detail: &ImageDetail) -> v1::ImageDetail {
                     background_bytes: lazy.map_or(0, |s| s.background_bytes),
                     bytes_read: lazy.map_or(0, |s| s.bytes_read),
                     duplicate_fetches: lazy.map_or(0, |s| s.duplicate_fetches),
+                    unmounted: lazy.is_some_and(|s| !s.mounted),
                 }
             })
             .collect(),

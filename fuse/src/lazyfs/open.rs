@@ -194,15 +194,15 @@ impl TocReader<'_> {
     /// Parses TOC JSON once the TOC budget has room for it; the permit is held until the layer's file
     /// tree is built.
     async fn parse(&self, json: Vec<u8>) -> Result<(Toc, TocPermit), OpenError> {
-        let permit =
-            self.budget
-                .reserve(&json)
-                .await
-                .map_err(|cost| OpenError::TocBudget {
-                    digest: self.digest(),
-                    cost,
-                    budget: self.budget.bytes(),
-                })?;
+        let permit = self
+            .budget
+            .reserve(&json)
+            .await
+            .map_err(|cost| OpenError::TocBudget {
+                digest: self.digest(),
+                cost,
+                budget: self.budget.bytes(),
+            })?;
         let toc = toc::parse_toc_json(&json, self.limits).map_err(|err| self.format_error(err))?;
         Ok((toc, permit))
     }

@@ -415,13 +415,16 @@ impl Snapshotter {
         Ok(())
     }
 
-    /// For a remote snapshot: what its layer has fetched so far; `None` for any other snapshot.
+    /// For a remote snapshot: what its layer has fetched so far (`mounted: false` when its mount is not in
+    /// place); `None` for any other snapshot.
     pub fn remote_stats(&self, key: &str) -> Result<Option<RemoteLayerStats>, SnapshotError> {
         let record = self.get(key)?;
-        Ok(match (&record.remote, &self.remote) {
-            (Some(_), Some(remote)) => remote.stats(&self.dirs().fs(record.id)),
-            _ => None,
-        })
+        Ok(record.remote.as_ref().map(|_| {
+            self.remote
+                .as_ref()
+                .and_then(|remote| remote.stats(&self.dirs().fs(record.id)))
+                .unwrap_or_default()
+        }))
     }
 
     /// Where the snapshot directories are.

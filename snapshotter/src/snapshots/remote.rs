@@ -78,6 +78,9 @@ pub trait RemoteMounts: Send + Sync {
 /// How much of a remote layer has been read from the registry, and by whom.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RemoteLayerStats {
+    /// Its lazy mount is in place; `false`: it could not be mounted (it reads as empty) and the counters
+    /// are all 0.
+    pub mounted: bool,
     /// Compressed bytes fetched (on demand, prefetch and background).
     pub bytes_fetched: u64,
     /// Range requests made.
