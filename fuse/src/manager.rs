@@ -15,7 +15,7 @@ use tokio::runtime::Handle;
 use tracing::{info, warn};
 
 use crate::adapter::{MountError, MountedLayer};
-use crate::cache::ChunkStore;
+use crate::cache::{ChunkStore, TocCache};
 use crate::connection::FuseConnection;
 use crate::fetch::{BlobSource, SharedStore, StatsSnapshot, TocBudget};
 use crate::lazyfs::{ChunkCounts, LayerConfig, LazyLayer, OpenError};
@@ -71,11 +71,25 @@ pub struct LayerManager {
 impl LayerManager {
     pub fn new(store: ChunkStore, config: LayerConfig, runtime: Handle) -> Self {
         LayerManager {
-            store: SharedStore::new(store).with_toc_budget(TocBudget::new(config.toc_memory_bytes)),
+            store: Self::shared(store, &config),
             config,
             runtime,
             mounts: Mutex::new(BTreeMap::new()),
             keeper: None,
+        }
+    }
+
+    /// The store shared by the layers, with the TOC budget and the TOC cache (`STORE/tocs`).
+    fn shared(store: ChunkStore, config: &LayerConfig) -> SharedStore {
+        let tocs = TocCache::open(&store.dir().join("tocs"));
+        let shared =
+            SharedStore::new(store).with_toc_budget(TocBudget::new(config.toc_memory_bytes));
+        match tocs {
+            Ok(tocs) => shared.with_toc_cache(tocs),
+            Err(err) => {
+                warn!(error = %err, "no TOC cache: a restart needs the registry to mount lazy layers again");
+                shared
+            }
         }
     }
 
@@ -182,8 +196,19 @@ impl LayerManager {
             .ok_or_else(|| ManagerError::NotMounted {
                 mountpoint: mountpoint.to_path_buf(),
             })?;
+        let layer = mounted.layer().descriptor().digest;
         let unmounted = mounted.unmount();
         self.forget(mountpoint);
+        // The layer's kept TOC goes with its last mount.
+        if let Some(tocs) = self.store.toc_cache() {
+            let still_used = self
+                .mounts()
+                .values()
+                .any(|m| m.layer().descriptor().digest == layer);
+            if !still_used {
+                tocs.remove(&layer);
+            }
+        }
         unmounted?;
         Ok(())
     }

@@ -17,7 +17,7 @@ use format_common::*;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use nix::errno::Errno;
-use skiff_fuse::cache::{CacheConfig, ChunkStore};
+use skiff_fuse::cache::{CacheConfig, ChunkStore, TocCache};
 use skiff_fuse::fetch::{
     BackgroundConfig, BlobSource, ChunkFetcher, FetchConfig, FetchError, LayerStats, MemoryBlob,
     Priority, SharedStore, SourceError, TocBudget,
@@ -1268,6 +1268,48 @@ async fn a_toc_that_needs_more_than_the_budget_is_refused_and_smaller_ones_share
     for opened in futures::future::join_all(opens).await {
         opened.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_layer_opened_before_opens_again_from_its_kept_toc_without_the_registry() {
+    let blob = build_estargz(&sample_items(false), 4096);
+    let descriptor = estargz_descriptor(&blob);
+    let (dir, store) = new_store();
+    let tocs = TocCache::open(&dir.path().join("tocs")).unwrap();
+    let shared = SharedStore::new(store).with_toc_cache(tocs.clone());
+    let first = CountingBlob::new("first", blob.bytes.clone());
+    let layer = LazyLayer::open(first.clone(), &descriptor, shared.clone(), &quiet())
+        .await
+        .unwrap();
+    assert!(first.request_count() > 0);
+    assert!(tocs.holds(&descriptor.digest));
+
+    // The registry is gone: the same layer opens from what was kept, with the same inodes.
+    let gone = CountingBlob::new("gone", blob.bytes.clone());
+    gone.fail_next(0..blob.bytes.len() as u64, 1000);
+    let again = LazyLayer::open(gone.clone(), &descriptor, shared.clone(), &quiet())
+        .await
+        .unwrap();
+    assert_eq!(gone.request_count(), 0);
+    let hosts = |l: &LazyLayer| {
+        l.lookup(l.lookup(ROOT_INO, b"etc").unwrap().ino, b"hosts")
+            .unwrap()
+    };
+    assert_eq!(hosts(&layer), hosts(&again));
+
+    // Kept bytes that no longer check out are dropped and read from the registry again.
+    for entry in std::fs::read_dir(dir.path().join("tocs").join(descriptor.digest.hex())).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let healthy = CountingBlob::new("healthy", blob.bytes.clone());
+    LazyLayer::open(healthy.clone(), &descriptor, shared, &quiet())
+        .await
+        .unwrap();
+    assert!(healthy.request_count() > 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -15,8 +15,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use skiff_tests::{
     convert_image, generated_bytes, lazy_mounts_under, mounts_under, require, sha256_digest,
-    wait_until, write_lazy_skiffd_config, Containerd, ImageSpec, LayerSpec, LazyFormat, Registry,
-    RegistryAuth, Skiffd, SkiffdOptions,
+    wait_until, write_lazy_skiffd_config, Containerd, FaultProxy, ImageSpec, LayerSpec, LazyFormat,
+    Registry, RegistryAuth, Skiffd, SkiffdOptions,
 };
 
 const TOOLS: &[&str] = &[
@@ -43,6 +43,8 @@ struct Bed {
     skiffd: Skiffd,
     reference: String,
     reports: tempfile::TempDir,
+    /// skiffd reaches the registry through it.
+    proxy: FaultProxy,
     _registry: Registry,
     _config_dir: tempfile::TempDir,
 }
@@ -73,13 +75,14 @@ fn bed() -> Result<Bed> {
             LazyFormat::Estargz,
         )?;
     }
+    let proxy = FaultProxy::in_front_of(&registry)?;
     let config_dir = tempfile::tempdir()?;
-    let config = write_lazy_skiffd_config(config_dir.path(), &registry.host())?;
+    let config = write_lazy_skiffd_config(config_dir.path(), &proxy.host())?;
     let skiffd = Skiffd::start_with(SkiffdOptions {
         config: Some(config),
         ..SkiffdOptions::default()
     })?;
-    let reference = registry.reference("lazy:1");
+    let reference = format!("{}/lazy:1", proxy.host());
     let pulled = skiffd.skiff(&["image", "pull", "--plain-http", &reference])?;
     ensure!(pulled.status.success(), "pull: {pulled:?}");
     ensure!(
@@ -90,6 +93,7 @@ fn bed() -> Result<Bed> {
         skiffd,
         reference,
         reports: tempfile::tempdir()?,
+        proxy,
         _registry: registry,
         _config_dir: config_dir,
     })
@@ -323,6 +327,64 @@ fn with_the_keeper_killed_too_skiffd_detaches_dead_mounts_and_new_containers_run
     mounts_answer(bed.skiffd.work_dir()).with_context(|| format!("skiffd log:\n{log}"))?;
     bed.fresh_container_checks_everything("fresh")?;
     bed.remove_everything(&ids)?;
+    Ok(())
+}
+
+/// The lazy mount holding `/data` (the layer's own tree, not the container's overlay).
+fn data_mount(skiffd: &Skiffd) -> Result<PathBuf> {
+    lazy_mounts_under(skiffd.work_dir())?
+        .into_iter()
+        .map(|m| m.mount_point)
+        .find(|m| m.join("data/SUMS").exists())
+        .context("no lazy mount holds /data")
+}
+
+/// `data/fN` read through the lazy mount is what the image holds.
+fn check_file(skiffd: &Skiffd, i: usize) -> Result<()> {
+    let path = data_mount(skiffd)?.join(format!("data/f{i}"));
+    let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+    ensure!(
+        bytes == generated_bytes(1000 + i as u64, FILE_BYTES),
+        "{} differs from the image",
+        path.display()
+    );
+    Ok(())
+}
+
+#[test]
+fn with_the_registry_gone_a_restarted_skiffd_serves_its_mounts_from_what_it_kept() -> Result<()> {
+    let mut bed = bed()?;
+    check_file(&bed.skiffd, 1)?;
+    bed.proxy.set_down(true);
+    let result = (|| -> Result<()> {
+        // A restart: the mounts are taken over from the keeper, their TOCs read from ROOT/chunks/tocs.
+        bed.skiffd
+            .restart_after(Signal::SIGTERM, Duration::from_millis(500))?;
+        check_file(&bed.skiffd, 1)?;
+        let log = bed.skiffd.log();
+        ensure!(
+            log.matches("lazy layer taken over").count() == 2,
+            "both layers taken over without the registry:\n{log}"
+        );
+        // A crash of skiffd and the keeper: the dead mounts are detached and mounted afresh, also
+        // without the registry.
+        for pid in bed.skiffd.keeper_pids() {
+            kill(Pid::from_raw(pid as i32), Signal::SIGKILL)?;
+        }
+        bed.skiffd
+            .restart_after(Signal::SIGKILL, Duration::from_millis(500))?;
+        check_file(&bed.skiffd, 1)?;
+        let images = bed.skiffd.skiff_ok(&["image", "ls"])?;
+        ensure!(
+            images.contains("lazy ") && !images.contains("NOT MOUNTED") && !images.contains("full"),
+            "image ls: {images}"
+        );
+        Ok(())
+    })();
+    bed.proxy.set_down(false);
+    result.with_context(|| format!("skiffd log:\n{}", bed.skiffd.log()))?;
+    // The registry is back: files never read arrive as before.
+    check_file(&bed.skiffd, 2)?;
     Ok(())
 }
 

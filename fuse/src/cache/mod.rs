@@ -33,8 +33,10 @@
 
 mod memory;
 mod store;
+mod tocs;
 
 pub use store::{ChunkStore, PinGuard};
+pub use tocs::TocCache;
 
 use std::io;
 use std::path::PathBuf;

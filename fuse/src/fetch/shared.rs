@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cache::ChunkStore;
+use crate::cache::{ChunkStore, TocCache};
 
 /// The chunk store of a daemon's lazy layers, with the readers and the tasks of every layer that uses it.
 /// Cheap to clone; clones share all three. Every layer opened on the same `SharedStore` yields to the
@@ -26,6 +26,7 @@ pub struct SharedStore {
     readers: Arc<ReaderActivity>,
     tasks: LayerTasks,
     toc_budget: TocBudget,
+    tocs: Option<TocCache>,
 }
 
 impl SharedStore {
@@ -35,7 +36,19 @@ impl SharedStore {
             readers: Arc::new(ReaderActivity::new()),
             tasks: LayerTasks::default(),
             toc_budget: TocBudget::new(DEFAULT_TOC_MEMORY_BYTES),
+            tocs: None,
         }
+    }
+
+    /// The same, keeping the TOCs of the layers it opens in `tocs`.
+    pub fn with_toc_cache(mut self, tocs: TocCache) -> Self {
+        self.tocs = Some(tocs);
+        self
+    }
+
+    /// Where the TOCs of opened layers are kept, if anywhere.
+    pub fn toc_cache(&self) -> Option<&TocCache> {
+        self.tocs.as_ref()
     }
 
     /// The same, with `budget` for parsing TOCs.

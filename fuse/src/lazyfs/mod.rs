@@ -203,6 +203,7 @@ impl LazyLayer {
             &limits,
             config,
             store.toc_budget(),
+            store.toc_cache(),
         )
         .await?;
         let digest = descriptor.digest;

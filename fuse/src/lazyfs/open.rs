@@ -13,6 +13,7 @@ use skiff_types::{error_chain, Digest, LayerDescriptor};
 use tracing::warn;
 
 use super::{LayerConfig, LayerFormat, OpenError};
+use crate::cache::TocCache;
 use crate::fetch::{BlobSource, FetchError, TocBudget, TocPermit};
 use crate::format::chunk::Compression;
 use crate::format::toc::{self, Limits, Toc};
@@ -39,11 +40,23 @@ pub(super) async fn find_toc_retrying(
     limits: &Limits,
     config: &LayerConfig,
     budget: &TocBudget,
+    tocs: Option<&TocCache>,
 ) -> Result<FoundToc, OpenError> {
     let attempts = config.fetch.attempts.max(1);
     let mut attempt = 1;
     loop {
-        match find_toc(source, descriptor, limits, config, budget).await {
+        let result = find_toc(source, descriptor, limits, config, budget, tocs).await;
+        if let (Err(err), Some(tocs)) = (&result, tocs) {
+            if tocs.holds(&descriptor.digest) {
+                // What was kept may be what failed: the next attempt reads the registry.
+                warn!(layer = %descriptor.digest, error = %error_chain(err), "the kept TOC did not check out; reading it again");
+                tocs.remove(&descriptor.digest);
+                if attempt >= attempts {
+                    attempt -= 1;
+                }
+            }
+        }
+        match result {
             Err(err) if attempt < attempts && may_be_transient(&err, descriptor) => {
                 warn!(layer = %descriptor.digest, attempt, error = %error_chain(&err), "reading the TOC failed; trying again");
                 tokio::time::sleep(Duration::from_millis(50 << (attempt - 1).min(4))).await;
@@ -73,12 +86,15 @@ pub(super) async fn find_toc(
     limits: &Limits,
     config: &LayerConfig,
     budget: &TocBudget,
+    tocs: Option<&TocCache>,
 ) -> Result<FoundToc, OpenError> {
     let reader = TocReader {
         source,
         descriptor,
         limits,
         budget,
+        tocs,
+        reads: std::sync::Mutex::new(Vec::new()),
     };
     let found = match descriptor_annotation(
         descriptor,
@@ -106,6 +122,12 @@ pub(super) async fn find_toc(
         }
         None => {
             warn!(layer = %digest, "TOC digest not pinned by the manifest; trusting the TOC")
+        }
+    }
+    if let Some(tocs) = tocs {
+        let reads = std::mem::take(&mut *reader.reads.lock().unwrap_or_else(|e| e.into_inner()));
+        if !reads.is_empty() {
+            tocs.put(&digest, &reads);
         }
     }
     Ok(found)
@@ -142,6 +164,10 @@ struct TocReader<'a> {
     descriptor: &'a LayerDescriptor,
     limits: &'a Limits,
     budget: &'a TocBudget,
+    /// Where checked TOC reads are kept, and read again from.
+    tocs: Option<&'a TocCache>,
+    /// The reads made from the source, to keep once the TOC checks out.
+    reads: std::sync::Mutex<Vec<(std::ops::Range<u64>, bytes::Bytes)>>,
 }
 
 impl TocReader<'_> {
@@ -157,7 +183,14 @@ impl TocReader<'_> {
     }
 
     async fn read(&self, range: std::ops::Range<u64>) -> Result<bytes::Bytes, OpenError> {
-        self.source
+        if let Some(kept) = self
+            .tocs
+            .and_then(|t| t.get(&self.descriptor.digest, &range))
+        {
+            return Ok(kept);
+        }
+        let bytes = self
+            .source
             .read_range(range.clone())
             .await
             .map_err(|source| OpenError::Fetch {
@@ -168,7 +201,12 @@ impl TocReader<'_> {
                     end: range.end,
                     source,
                 },
-            })
+            })?;
+        self.reads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((range, bytes.clone()));
+        Ok(bytes)
     }
 
     /// Reads a TOC region after checking it lies in the blob and within the TOC size limit.
