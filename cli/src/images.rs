@@ -20,9 +20,9 @@ pub enum ImageCommand {
         /// Speak plain HTTP to the registry (for a local registry without TLS).
         #[arg(long)]
         plain_http: bool,
-        /// Registry credentials, USER:PASS (otherwise skiffd's docker config.json is used).
-        #[arg(long, value_name = "USER:PASS")]
-        user: Option<String>,
+        /// Registry credentials (otherwise skiffd's docker config.json is used).
+        #[command(flatten)]
+        auth: crate::credentials::UserArgs,
     },
     /// Pull an image through a containerd into one of its snapshotters (skiffd as its remote snapshotter):
     /// layers skiffd can serve lazily are not downloaded, the others are unpacked by containerd.
@@ -57,8 +57,17 @@ pub async fn run(ctx: &Ctx, command: ImageCommand) -> anyhow::Result<()> {
         ImageCommand::Pull {
             reference,
             plain_http,
-            user,
-        } => pull(&mut client, namespace, reference, plain_http, user).await,
+            auth,
+        } => {
+            pull(
+                &mut client,
+                namespace,
+                reference,
+                plain_http,
+                auth.credentials()?,
+            )
+            .await
+        }
         ImageCommand::Rpull(args) => crate::rpull::run(&namespace, args).await,
         ImageCommand::Ls { quiet } => {
             let images = client
@@ -134,10 +143,10 @@ pub(crate) async fn pull(
     namespace: String,
     reference: String,
     plain_http: bool,
-    user: Option<String>,
+    credentials: Option<(String, String)>,
 ) -> anyhow::Result<()> {
-    let credentials = crate::rpull::credentials(user.as_deref())?
-        .map(|(username, password)| v1::Credentials { username, password });
+    let credentials =
+        credentials.map(|(username, password)| v1::Credentials { username, password });
     let mut stream = client
         .pull(v1::PullRequest {
             namespace,

@@ -5,6 +5,7 @@
 
 mod containers;
 mod content;
+mod credentials;
 mod images;
 mod namespaces;
 mod output;

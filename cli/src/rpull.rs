@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, ensure, Context};
+use anyhow::{anyhow, ensure, Context};
 use containerd_client::services::v1 as api;
 use containerd_client::services::v1::snapshots as snapshots_api;
 use containerd_client::types as ctypes;
@@ -58,9 +58,9 @@ pub struct RpullArgs {
     /// Speak plain HTTP to the registry (for a local registry without TLS).
     #[arg(long)]
     pub plain_http: bool,
-    /// Registry credentials, USER:PASS (otherwise the docker config.json of the caller is used).
-    #[arg(long, value_name = "USER:PASS")]
-    pub user: Option<String>,
+    /// Registry credentials (otherwise the docker config.json of the caller is used).
+    #[command(flatten)]
+    pub auth: crate::credentials::UserArgs,
     /// A containerd hosts.toml directory (HOST[:PORT]/hosts.toml) for mirrors and TLS settings.
     #[arg(long, value_name = "DIR")]
     pub hosts_dir: Option<PathBuf>,
@@ -394,17 +394,6 @@ impl From<anyhow::Error> for WriteError {
     }
 }
 
-/// Parses `--user USER:PASS`.
-pub fn credentials(user: Option<&str>) -> anyhow::Result<Option<(String, String)>> {
-    match user {
-        None => Ok(None),
-        Some(user) => match user.split_once(':') {
-            Some((username, password)) => Ok(Some((username.to_string(), password.to_string()))),
-            None => bail!("--user expects USER:PASS"),
-        },
-    }
-}
-
 /// Runs `skiff image rpull`.
 pub async fn run(namespace: &str, args: RpullArgs) -> anyhow::Result<()> {
     let reference: Reference = args
@@ -414,7 +403,9 @@ pub async fn run(namespace: &str, args: RpullArgs) -> anyhow::Result<()> {
     let registry = RegistryClient::new(RegistryConfig {
         hosts_dir: args.hosts_dir.clone(),
         plain_http: args.plain_http,
-        credentials: credentials(args.user.as_deref())?
+        credentials: args
+            .auth
+            .credentials()?
             .map(|(username, password)| Credentials { username, password }),
         ..RegistryConfig::default()
     })
@@ -827,15 +818,5 @@ mod tests {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
         let t = UNIX_EPOCH + std::time::Duration::from_secs(1_796_147_130);
         assert_eq!(rfc3339(t), "2026-12-01T17:45:30Z");
-    }
-
-    #[test]
-    fn credentials_need_a_colon() {
-        assert_eq!(
-            credentials(Some("u:p:q")).unwrap(),
-            Some(("u".to_string(), "p:q".to_string()))
-        );
-        assert!(credentials(Some("nopass")).is_err());
-        assert_eq!(credentials(None).unwrap(), None);
     }
 }

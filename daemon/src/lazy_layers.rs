@@ -189,10 +189,12 @@ impl FuseRemoteLayers {
             }
         }
         if matches!(skiff_fuse::connection::is_mount_point(mountpoint), Ok(true)) {
+            let used_by = skiff_fuse::connection::overlays_above(mountpoint);
             warn!(
                 mountpoint = %mountpoint.display(),
-                "a lazy mount lost its server (and no keeper held it): detaching it; containers that \
-                 used it get ENOTCONN until restarted"
+                ?used_by,
+                "a lazy mount lost its server (and no keeper held it): detaching it; the containers on \
+                 these root filesystems get ENOTCONN until restarted"
             );
             if let Err(err) = skiff_fuse::connection::abort_and_detach(mountpoint) {
                 warn!(mountpoint = %mountpoint.display(), error = %err, "cannot detach");

@@ -516,6 +516,19 @@ impl MountedLayer {
             return Ok(());
         };
         match nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::empty()) {
+            // An overlay stacked on the layer holds it through a private copy of the mount: unmounting
+            // succeeds but the connection lives on, and the containers on that overlay keep reading,
+            // served by the session's threads until skiffd exits.
+            Ok(()) if self.connection.is_alive() => {
+                let used_by = crate::connection::overlays_above(&self.mountpoint);
+                warn!(
+                    mountpoint = %self.mountpoint.display(),
+                    ?used_by,
+                    "unmounted while in use; the containers on these root filesystems read it until \
+                     skiffd exits, then get ENOTCONN"
+                );
+                return Ok(());
+            }
             // The connection ends with the mount: the session's threads read ENODEV and exit.
             Ok(()) => {
                 if session.join().is_err() {
@@ -530,7 +543,13 @@ impl MountedLayer {
         // the namespace; the connection lives on while its users do, served by the session's threads.
         match nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH) {
             Ok(()) => {
-                warn!(mountpoint = %self.mountpoint.display(), "unmount busy; detached lazily");
+                let used_by = crate::connection::overlays_above(&self.mountpoint);
+                warn!(
+                    mountpoint = %self.mountpoint.display(),
+                    ?used_by,
+                    "unmount busy; detached lazily (the containers on these root filesystems read \
+                     it until skiffd exits, then get ENOTCONN)"
+                );
                 Ok(())
             }
             // No longer a mount point: nothing left to do.

@@ -199,6 +199,35 @@ fn mount_device(path: &Path) -> io::Result<Option<String>> {
         .next())
 }
 
+/// The overlay mounts stacked on the mount at `path` (it is one of their layers): the root filesystems of
+/// the containers that use it, by their mount points.
+pub fn overlays_above(path: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let needle = path.to_string_lossy();
+    table
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut right = right.split(' ');
+            let (fs_type, _source, options) = (right.next()?, right.next()?, right.next()?);
+            let mentions = options
+                .split(',')
+                .filter_map(|o| o.split_once('='))
+                .filter(|(key, _)| matches!(*key, "lowerdir" | "upperdir"))
+                .any(|(_, dirs)| dirs.split(':').any(|d| d == needle));
+            if fs_type != "overlay" || !mentions {
+                return None;
+            }
+            let point = unescape_octal(left.split(' ').nth(4)?);
+            Some(std::path::PathBuf::from(
+                String::from_utf8_lossy(&point).into_owned(),
+            ))
+        })
+        .collect()
+}
+
 /// Ends the FUSE connection of the mount at `path` (`/sys/fs/fuse/connections/N/abort`): requests
 /// waiting in it fail with `ENOTCONN` instead of waiting for a server that will not come. Then detaches
 /// the mount. Nothing mounted there is not an error.

@@ -187,14 +187,20 @@ impl Skiffd {
     }
 
     /// Ends skiffd with `signal` (SIGKILL: a crash; SIGTERM: a restart or an upgrade), leaves it down for
-    /// `down`, and starts it again with the same root, socket and options.
-    pub fn restart_after(&mut self, signal: Signal, down: std::time::Duration) -> Result<()> {
-        if let Some(mut process) = self.process.take() {
+    /// `down`, and starts it again with the same root, socket and options. Returns how it ended (a
+    /// skiffd still running 10 s after the signal is killed).
+    pub fn restart_after(
+        &mut self,
+        signal: Signal,
+        down: std::time::Duration,
+    ) -> Result<Option<ExitStatus>> {
+        let status = self.process.take().map(|mut process| {
             let _ = kill(Pid::from_raw(process.pid() as i32), signal);
-            process.stop();
-        }
+            process.stop()
+        });
         std::thread::sleep(down);
-        self.spawn()
+        self.spawn()?;
+        Ok(status)
     }
 
     /// The pids of the keeper (`skiff-keeper`) serving this skiffd's root.

@@ -269,8 +269,36 @@ fn basic_and_bearer_auth_with_flags_and_docker_config() -> Result<()> {
         ensure!(content_digests(&skiffd, "default")?.is_empty());
         assert_store_verified(&skiffd)?;
 
-        let creds = format!("{user}:{password}");
-        skiffd.skiff_ok(&["image", "pull", "--plain-http", "--user", &creds, &name])?;
+        // The password on stdin, out of `ps`.
+        let piped = std::process::Command::new(skiff_tests::cargo_bin("skiff")?)
+            .arg("--address")
+            .arg(skiffd.socket())
+            .args([
+                "image",
+                "pull",
+                "--plain-http",
+                "--user",
+                &user,
+                "--password-stdin",
+                &name,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .expect("piped stdin")
+                    .write_all(format!("{password}\n").as_bytes())?;
+                child.wait_with_output()
+            })?;
+        ensure!(
+            piped.status.success(),
+            "pull with --password-stdin: {piped:?}"
+        );
         ensure!(content_digests(&skiffd, "default")? == image_blobs(&built));
         drop(skiffd);
 
@@ -507,6 +535,18 @@ fn namespaces_isolate_and_refuse_removal_while_not_empty() -> Result<()> {
     );
     let invalid = skiffd.skiff(&["namespace", "create", "no/slash"])?;
     ensure!(!invalid.status.success(), "invalid namespace name accepted");
+    // containerd's label limit: key and value together at most 4096 bytes; the error stays short.
+    let huge = format!("big={}", "v".repeat(64 << 10));
+    let refused = skiffd.skiff(&["namespace", "create", "team-b", "--label", &huge])?;
+    ensure!(
+        !refused.status.success()
+            && stderr(&refused).contains("invalid label")
+            && stderr(&refused).len() < 1000,
+        "a 64 KiB label: {}",
+        stderr(&refused)
+    );
+    let fits = format!("big={}", "v".repeat(4093));
+    skiffd.skiff_ok(&["namespace", "create", "team-b", "--label", &fits])?;
 
     skiffd.skiff_ok(&["-n", "team-a", "image", "pull", "--plain-http", &name])?;
     ensure!(

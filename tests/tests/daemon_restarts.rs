@@ -50,6 +50,11 @@ struct Bed {
 }
 
 fn bed() -> Result<Bed> {
+    bed_with(&[])
+}
+
+/// A bed whose skiffd runs with `args` too.
+fn bed_with(args: &[&str]) -> Result<Bed> {
     require(TOOLS)?;
     let registry = Registry::start(RegistryAuth::Anonymous)?;
     let mut data = LayerSpec::new().dir("/data");
@@ -80,6 +85,7 @@ fn bed() -> Result<Bed> {
     let config = write_lazy_skiffd_config(config_dir.path(), &proxy.host())?;
     let skiffd = Skiffd::start_with(SkiffdOptions {
         config: Some(config),
+        extra_args: args.iter().map(|a| a.to_string()).collect(),
         ..SkiffdOptions::default()
     })?;
     let reference = format!("{}/lazy:1", proxy.host());
@@ -244,9 +250,15 @@ fn containers_read_on_while_skiffd_is_killed_and_restarted() -> Result<()> {
     bed.skiffd
         .restart_after(Signal::SIGKILL, Duration::from_secs(3))?;
     let rounds = bed.wait_rounds(&ids, &rounds, 8)?;
-    // A stop for an upgrade: SIGTERM ends skiffd at once, the mounts stay with the keeper.
-    bed.skiffd
+    // A stop for an upgrade: SIGTERM ends skiffd at once (on its own, exit 0), the mounts stay with the
+    // keeper.
+    let stopped = bed
+        .skiffd
         .restart_after(Signal::SIGTERM, Duration::from_secs(3))?;
+    ensure!(
+        stopped.is_some_and(|s| s.success()),
+        "skiffd did not stop on SIGTERM by itself: {stopped:?}"
+    );
     bed.wait_rounds(&ids, &rounds, 8)?;
 
     let log = bed.skiffd.log();
@@ -321,10 +333,35 @@ fn with_the_keeper_killed_too_skiffd_detaches_dead_mounts_and_new_containers_run
     )?;
     let log = bed.skiffd.log();
     ensure!(
-        log.contains("lost its server"),
-        "skiffd did not report the dead mounts:\n{log}"
+        log.contains("lost its server") && log.contains("/tasks/default/doomed/"),
+        "skiffd did not report the dead mounts and the container using them:\n{log}"
     );
     mounts_answer(bed.skiffd.work_dir()).with_context(|| format!("skiffd log:\n{log}"))?;
+    bed.fresh_container_checks_everything("fresh")?;
+    bed.remove_everything(&ids)?;
+    Ok(())
+}
+
+#[test]
+fn sigterm_with_unmount_on_exit_stops_at_once_and_names_the_containers_still_reading() -> Result<()>
+{
+    let mut bed = bed_with(&["--unmount-on-exit"])?;
+    let ids: Vec<String> = vec!["busy".into()];
+    bed.start_checker(&ids[0], 0)?;
+    bed.wait_rounds(&ids, &[0], 2)?;
+    let stopped = bed.skiffd.stop();
+    let log = bed.skiffd.log();
+    ensure!(
+        stopped.is_some_and(|s| s.success()),
+        "skiffd did not stop on SIGTERM by itself: {stopped:?}\n{log}"
+    );
+    ensure!(
+        log.contains("unmounted while in use") && log.contains("/tasks/default/busy/"),
+        "skiffd did not name the container still using a lazy layer:\n{log}"
+    );
+    // The detached layer's reads now fail in that container (documented); a new skiffd mounts the layers
+    // afresh and new containers run.
+    bed.skiffd.restart_after(Signal::SIGTERM, Duration::ZERO)?;
     bed.fresh_container_checks_everything("fresh")?;
     bed.remove_everything(&ids)?;
     Ok(())

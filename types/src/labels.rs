@@ -30,6 +30,33 @@ pub const INHERITED_LABEL_PREFIX: &str = "containerd.io/snapshot/";
 /// containerd's limit on a label's key and value together.
 pub const MAX_LABEL_BYTES: usize = 4096;
 
+/// What is wrong with one label by containerd's rules (a non-empty key; key and value together at most
+/// [`MAX_LABEL_BYTES`]), if anything. Every record skiffd keeps labels on follows them.
+pub fn label_problem(key: &str, value: &str) -> Option<&'static str> {
+    if key.is_empty() {
+        Some("the key must not be empty")
+    } else if key.len() + value.len() > MAX_LABEL_BYTES {
+        Some("key and value together exceed 4096 bytes")
+    } else {
+        None
+    }
+}
+
+/// A name, key or path from a request as an error message shows it: at most 100 characters (a 4 KB or
+/// 3 MB value would bury the message).
+pub fn shorten_for_error(text: &str) -> String {
+    const SHOWN: usize = 100;
+    if text.chars().count() <= SHOWN {
+        text.to_owned()
+    } else {
+        let bytes = text.len();
+        format!(
+            "{}… ({bytes} bytes)",
+            text.chars().take(SHOWN).collect::<String>()
+        )
+    }
+}
+
 const CRI_PREFIX: &str = "containerd.io/snapshot/cri.";
 const REMOTE_PREFIX: &str = "containerd.io/snapshot/remote/";
 

@@ -60,7 +60,8 @@ impl ToStatus for MetaError {
             | MetaError::InvalidImageName { .. }
             | MetaError::InvalidDigest { .. }
             | MetaError::InvalidSnapshotKey { .. }
-            | MetaError::InvalidContainerId { .. } => Status::invalid_argument(message),
+            | MetaError::InvalidContainerId { .. }
+            | MetaError::InvalidLabel { .. } => Status::invalid_argument(message),
             MetaError::Corrupt { .. }
             | MetaError::Encode { .. }
             | MetaError::Db { .. }

@@ -93,6 +93,11 @@ impl LayerTasks {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
+        if self.tracker.is_closed() {
+            // Shutdown has begun: the task fails fast (its fetches are cancelled) and is not waited
+            // for, or a container reading on would keep shutdown waiting for the whole grace period.
+            return runtime.spawn(task);
+        }
         self.tracker.spawn_on(task, runtime)
     }
 

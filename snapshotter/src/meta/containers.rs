@@ -1,8 +1,8 @@
 //! Container records, one per namespace and id (`v1\0nsdata\0{namespace}\0containers\0{id}`).
 
 use super::{
-    encode, keys, validate_container_id, validate_namespace, ContainerRecord, Labels, MetaError,
-    MetaStore, RecordKind, WriteBatch,
+    encode, keys, validate_container_id, validate_labels, validate_namespace, ContainerRecord,
+    Labels, MetaError, MetaStore, RecordKind, WriteBatch,
 };
 
 impl MetaStore {
@@ -15,6 +15,7 @@ impl MetaStore {
     ) -> Result<(), MetaError> {
         validate_namespace(namespace)?;
         validate_container_id(&record.id)?;
+        validate_labels(&record.labels)?;
         let _guard = self.lock();
         let key = keys::record(namespace, keys::CONTAINERS, &record.id);
         if self.kv.get(&key)?.is_some() {
@@ -55,6 +56,7 @@ impl MetaStore {
     ) -> Result<ContainerRecord, MetaError> {
         validate_namespace(namespace)?;
         validate_container_id(id)?;
+        validate_labels(&labels)?;
         let _guard = self.lock();
         let key = keys::record(namespace, keys::CONTAINERS, id);
         let mut record: ContainerRecord = self
@@ -114,6 +116,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rocks = MetaStore::open_rocks(&dir.path().join("meta")).unwrap();
         vec![(MetaStore::in_memory(), None), (rocks, Some(dir))]
+    }
+
+    #[test]
+    fn container_labels_follow_containerds_limit() {
+        let store = MetaStore::in_memory();
+        let mut big = container("big");
+        big.labels = [("k".to_owned(), "v".repeat(3 << 20))].into();
+        let err = store.create_container("a", &big).unwrap_err();
+        assert!(matches!(err, MetaError::InvalidLabel { .. }), "{err}");
+        store.create_container("a", &container("small")).unwrap();
+        let err = store
+            .set_container_labels(
+                "a",
+                "small",
+                [("k".to_owned(), "v".repeat(4096))].into(),
+                SystemTime::UNIX_EPOCH,
+            )
+            .unwrap_err();
+        assert!(matches!(err, MetaError::InvalidLabel { .. }), "{err}");
+        assert!(store.get_container("a", "big").unwrap().is_none());
     }
 
     #[test]

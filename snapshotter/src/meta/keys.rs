@@ -24,7 +24,7 @@
 //! v1\0snap\0nextid                     -> the next snapshot id, decimal
 //! ```
 
-use super::MetaError;
+use super::{Labels, MetaError};
 
 /// Prefix of every namespace record.
 pub(crate) const NAMESPACES: &[u8] = b"v1\0ns\0";
@@ -116,7 +116,7 @@ pub fn validate_snapshot_key(key: &str) -> Result<(), MetaError> {
     skiff_types::SnapshotKey::new(key)
         .map(drop)
         .map_err(|err| MetaError::InvalidSnapshotKey {
-            key: key.to_owned(),
+            key: skiff_types::shorten_for_error(key),
             reason: err.reason,
         })
 }
@@ -124,7 +124,7 @@ pub fn validate_snapshot_key(key: &str) -> Result<(), MetaError> {
 /// containerd's rule: `^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$`, at most 76 characters.
 pub fn validate_namespace(name: &str) -> Result<(), MetaError> {
     let invalid = |reason| MetaError::InvalidNamespace {
-        name: name.to_owned(),
+        name: skiff_types::shorten_for_error(name),
         reason,
     };
     if name.is_empty() {
@@ -154,7 +154,7 @@ pub fn validate_namespace(name: &str) -> Result<(), MetaError> {
 /// Image names are references (`docker.io/library/busybox:latest`): non-empty, no NUL, no control characters.
 pub fn validate_image_name(name: &str) -> Result<(), MetaError> {
     let invalid = |reason| MetaError::InvalidImageName {
-        name: name.to_owned(),
+        name: skiff_types::shorten_for_error(name),
         reason,
     };
     if name.is_empty() {
@@ -173,7 +173,7 @@ pub const MAX_CONTAINER_ID_LEN: usize = 76;
 /// between them, at most 76 characters (they become directory, cgroup and runc state names).
 pub fn validate_container_id(id: &str) -> Result<(), MetaError> {
     let invalid = |reason| MetaError::InvalidContainerId {
-        id: id.to_owned(),
+        id: skiff_types::shorten_for_error(id),
         reason,
     };
     if id.is_empty() {
@@ -214,6 +214,20 @@ pub fn validate_digest(digest: &str) -> Result<(), MetaError> {
             digest: digest.to_owned(),
             reason: e.reason.to_owned(),
         })
+}
+
+/// Labels follow containerd's rules on every record that has them (namespaces, images, content
+/// references, containers): a non-empty key, key and value together at most 4096 bytes.
+pub fn validate_labels(labels: &Labels) -> Result<(), MetaError> {
+    for (key, value) in labels {
+        if let Some(reason) = skiff_types::label_problem(key, value) {
+            return Err(MetaError::InvalidLabel {
+                label: skiff_types::shorten_for_error(key),
+                reason,
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -25,8 +25,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use keys::{
-    validate_container_id, validate_digest, validate_image_name, validate_namespace,
-    validate_snapshot_key, MAX_CONTAINER_ID_LEN, MAX_NAMESPACE_LEN,
+    validate_container_id, validate_digest, validate_image_name, validate_labels,
+    validate_namespace, validate_snapshot_key, MAX_CONTAINER_ID_LEN, MAX_NAMESPACE_LEN,
 };
 pub use kv::{BatchOp, KvPair, KvStore, MemKv, RocksKv, WriteBatch};
 pub use records::{
@@ -69,6 +69,8 @@ pub enum MetaError {
     InvalidDigest { digest: String, reason: String },
     #[error("invalid container id {id:?}: {reason}")]
     InvalidContainerId { id: String, reason: &'static str },
+    #[error("invalid label {label:?}: {reason}")]
+    InvalidLabel { label: String, reason: &'static str },
     #[error("namespace {namespace} already exists")]
     AlreadyExists { namespace: String },
     #[error("{kind} {name} already exists in namespace {namespace}")]
@@ -270,6 +272,7 @@ impl MetaStore {
         labels: Labels,
     ) -> Result<NamespaceRecord, MetaError> {
         validate_namespace(name)?;
+        validate_labels(&labels)?;
         let _guard = self.lock();
         let key = keys::namespace(name);
         if self.kv.get(&key)?.is_some() {
@@ -305,6 +308,7 @@ impl MetaStore {
         labels: Labels,
     ) -> Result<NamespaceRecord, MetaError> {
         validate_namespace(name)?;
+        validate_labels(&labels)?;
         let _guard = self.lock();
         let mut record = self
             .get_namespace(name)?
@@ -358,6 +362,10 @@ impl MetaStore {
         refs: &[ContentRefRecord],
     ) -> Result<ImageRecord, MetaError> {
         validate_namespace(namespace)?;
+        validate_labels(&image.labels)?;
+        for record in refs {
+            validate_labels(&record.labels)?;
+        }
         validate_image_name(&image.name)?;
         validate_digest(&image.target.digest)?;
         for record in refs {
@@ -417,6 +425,7 @@ impl MetaStore {
         validate_namespace(namespace)?;
         for record in refs {
             validate_digest(&record.digest)?;
+            validate_labels(&record.labels)?;
         }
         let _guard = self.lock();
         let mut batch = WriteBatch::new();
@@ -632,6 +641,47 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn labels_follow_containerds_limit_on_every_record_and_errors_stay_short() {
+        let store = MetaStore::in_memory();
+        let at_limit = labels(&[("k", &"v".repeat(4095))]);
+        let over = labels(&[("k", &"v".repeat(4096))]);
+        let huge_key = labels(&[(&"k".repeat(3 << 20), "v")]);
+        let empty_key = labels(&[("", "v")]);
+        store.create_namespace("ok", at_limit.clone()).unwrap();
+        for bad in [&over, &huge_key, &empty_key] {
+            let err = store.create_namespace("bad", bad.clone()).unwrap_err();
+            assert!(matches!(err, MetaError::InvalidLabel { .. }), "{err}");
+            assert!(
+                err.to_string().len() < 300,
+                "{} bytes",
+                err.to_string().len()
+            );
+            assert!(matches!(
+                store.set_namespace_labels("ok", bad.clone()),
+                Err(MetaError::InvalidLabel { .. })
+            ));
+            let mut bad_image = image("docker.io/library/a:1", 1, 1);
+            bad_image.labels = bad.clone();
+            assert!(matches!(
+                store.put_image("ok", bad_image),
+                Err(MetaError::InvalidLabel { .. })
+            ));
+            let mut bad_ref = content_ref(1, 1);
+            bad_ref.labels = bad.clone();
+            assert!(matches!(
+                store.add_content_refs("ok", &[bad_ref]),
+                Err(MetaError::InvalidLabel { .. })
+            ));
+        }
+        assert!(store.get_namespace("bad").unwrap().is_none());
+        // Names in errors are shortened too.
+        let err = store
+            .create_namespace(&"n".repeat(5000), Labels::new())
+            .unwrap_err();
+        assert!(err.to_string().len() < 300, "{err}");
     }
 
     #[test]

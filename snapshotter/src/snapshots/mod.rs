@@ -227,15 +227,11 @@ pub const MAX_LABEL_LEN: usize = 4096;
 /// containerd's label rules: a non-empty key, key and value together at most 4096 bytes.
 pub fn validate_labels(labels: &Labels) -> Result<(), SnapshotError> {
     for (key, value) in labels {
-        let invalid = |reason| SnapshotError::InvalidLabel {
-            label: key.clone(),
-            reason,
-        };
-        if key.is_empty() {
-            return Err(invalid("the key must not be empty"));
-        }
-        if key.len() + value.len() > MAX_LABEL_LEN {
-            return Err(invalid("key and value exceed 4096 bytes"));
+        if let Some(reason) = skiff_types::label_problem(key, value) {
+            return Err(SnapshotError::InvalidLabel {
+                label: skiff_types::shorten_for_error(key),
+                reason,
+            });
         }
     }
     Ok(())
