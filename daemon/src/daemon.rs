@@ -52,6 +52,8 @@ use crate::work::DaemonTasks;
 
 /// How long each step of shutdown waits for the tasks it stops.
 pub const GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often skiffd checks its keeper is alive (and starts a new one, handing it every mount, if not).
+pub const KEEPER_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -181,6 +183,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Arc::new(ShimRuntime { shim_binary: None }),
     );
     let work = DaemonTasks::default();
+    work.spawn(Arc::clone(&lazy).watch_keeper(KEEPER_CHECK, work.token().clone()));
     let listener = match bind(&config.address) {
         Ok(listener) => listener,
         Err(err) => {

@@ -97,21 +97,43 @@ impl Keeper {
         &self,
         op: impl Fn(&KeeperClient) -> Result<T, KeeperError>,
     ) -> Result<T, KeeperError> {
+        self.call_noting_restart(op).map(|(value, _)| value)
+    }
+
+    /// Like [`call`](Self::call), also saying whether the connection had to be made anew (the keeper
+    /// died: what it held is gone).
+    fn call_noting_restart<T>(
+        &self,
+        op: impl Fn(&KeeperClient) -> Result<T, KeeperError>,
+    ) -> Result<(T, bool), KeeperError> {
         let mut client = self.client.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(connected) = client.as_ref() {
             match op(connected) {
-                Ok(value) => return Ok(value),
+                Ok(value) => return Ok((value, false)),
                 Err(KeeperError::Io(err)) => {
                     warn!(error = %err, "keeper connection lost; reconnecting");
                 }
                 Err(err) => return Err(err),
             }
         }
+        let reconnected = client.is_some();
         *client = None;
         let connected = KeeperClient::connect_or_spawn(&self.socket, &self.binary, &self.log)?;
         let value = op(&connected)?;
         *client = Some(connected);
-        Ok(value)
+        Ok((value, reconnected))
+    }
+
+    /// Checks the keeper is there, starting a new one if it died; `true` when it did (the caller hands
+    /// it every mount again).
+    pub fn restarted(&self) -> bool {
+        match self.call_noting_restart(|client| client.list()) {
+            Ok((_, restarted)) => restarted,
+            Err(err) => {
+                warn!(error = %skiff_types::error_chain(&err), "no keeper: lazy mounts end with skiffd");
+                false
+            }
+        }
     }
 
     /// The connection an earlier skiffd mounted at `mountpoint` for `layer`, if the keeper holds it and it

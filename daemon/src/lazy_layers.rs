@@ -143,6 +143,32 @@ impl FuseRemoteLayers {
         self.keeper.is_some()
     }
 
+    /// Watches the keeper until `stop`: when it died, a new one is started and handed every mount again,
+    /// so a later crash of skiffd still leaves the mounts alive.
+    pub async fn watch_keeper(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let Some(keeper) = self.keeper.clone() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            let keeper = Arc::clone(&keeper);
+            let restarted = tokio::task::spawn_blocking(move || keeper.restarted())
+                .await
+                .unwrap_or(false);
+            if restarted {
+                self.manager.keep_all();
+                info!("the keeper was restarted and holds every lazy mount again");
+            }
+        }
+    }
+
     /// Leaves every mount to the keeper (shutdown for a restart or an upgrade): nothing is unmounted.
     pub fn hand_over(&self) {
         self.manager.hand_over_all();

@@ -194,13 +194,24 @@ impl Skiffd {
         signal: Signal,
         down: std::time::Duration,
     ) -> Result<Option<ExitStatus>> {
-        let status = self.process.take().map(|mut process| {
-            let _ = kill(Pid::from_raw(process.pid() as i32), signal);
-            process.stop()
-        });
+        let status = self.end(signal);
         std::thread::sleep(down);
         self.spawn()?;
         Ok(status)
+    }
+
+    /// Ends skiffd with `signal` and waits for it (SIGKILL after 10 s); [`start_again`](Self::start_again)
+    /// starts it again.
+    pub fn end(&mut self, signal: Signal) -> Option<ExitStatus> {
+        self.process.take().map(|mut process| {
+            let _ = kill(Pid::from_raw(process.pid() as i32), signal);
+            process.stop()
+        })
+    }
+
+    /// Starts skiffd again after [`end`](Self::end), with the same root, socket and options.
+    pub fn start_again(&mut self) -> Result<()> {
+        self.spawn()
     }
 
     /// The pids of the keeper (`skiff-keeper`) serving this skiffd's root.

@@ -311,6 +311,39 @@ fn containers_read_on_while_skiffd_is_killed_and_restarted() -> Result<()> {
 }
 
 #[test]
+fn a_keeper_killed_while_skiffd_runs_is_replaced_and_a_later_crash_loses_nothing() -> Result<()> {
+    let mut bed = bed()?;
+    let ids: Vec<String> = vec!["steady".into()];
+    bed.start_checker(&ids[0], 0)?;
+    let rounds = bed.wait_rounds(&ids, &[0], 3)?;
+    let old = bed.skiffd.keeper_pids();
+    ensure!(old.len() == 1, "one keeper expected: {old:?}");
+    kill(Pid::from_raw(old[0] as i32), Signal::SIGKILL)?;
+    wait_until(
+        "a new keeper holding the mounts",
+        Duration::from_secs(30),
+        || {
+            let pids = bed.skiffd.keeper_pids();
+            Ok(pids.len() == 1
+                && pids[0] != old[0]
+                && bed.skiffd.log().contains("holds every lazy mount again"))
+        },
+    )?;
+    bed.skiffd
+        .restart_after(Signal::SIGKILL, Duration::from_secs(2))?;
+    bed.wait_rounds(&ids, &rounds, 8)?;
+    let failures = bed.failures(&ids[0]);
+    ensure!(
+        failures.is_empty(),
+        "failed reads after the keeper was replaced: {:?}\n{}",
+        &failures[..failures.len().min(6)],
+        bed.skiffd.log()
+    );
+    bed.remove_everything(&ids)?;
+    Ok(())
+}
+
+#[test]
 fn with_the_keeper_killed_too_skiffd_detaches_dead_mounts_and_new_containers_run() -> Result<()> {
     let mut bed = bed()?;
     let ids: Vec<String> = vec!["doomed".into()];
@@ -318,13 +351,13 @@ fn with_the_keeper_killed_too_skiffd_detaches_dead_mounts_and_new_containers_run
     bed.wait_rounds(&ids, &[0], 3)?;
     let keeper = bed.skiffd.keeper_pids();
     ensure!(keeper.len() == 1, "one keeper expected: {keeper:?}");
+    // skiffd and its keeper both die (in that order, so no skiffd starts another keeper).
+    bed.skiffd.end(Signal::SIGKILL);
     kill(Pid::from_raw(keeper[0] as i32), Signal::SIGKILL)?;
-    // skiffd still serves: nothing fails yet.
     wait_until("the keeper to die", Duration::from_secs(10), || {
         Ok(bed.skiffd.keeper_pids().is_empty())
     })?;
-    bed.skiffd
-        .restart_after(Signal::SIGKILL, Duration::from_secs(1))?;
+    bed.skiffd.start_again()?;
     // The running container's reads fail (its overlay sits on a connection nobody serves any more).
     wait_until(
         "the orphaned container to report failed reads",
@@ -405,11 +438,13 @@ fn with_the_registry_gone_a_restarted_skiffd_serves_its_mounts_from_what_it_kept
         );
         // A crash of skiffd and the keeper: the dead mounts are detached and mounted afresh, also
         // without the registry.
-        for pid in bed.skiffd.keeper_pids() {
+        let keepers = bed.skiffd.keeper_pids();
+        bed.skiffd.end(Signal::SIGKILL);
+        for pid in keepers {
             kill(Pid::from_raw(pid as i32), Signal::SIGKILL)?;
         }
-        bed.skiffd
-            .restart_after(Signal::SIGKILL, Duration::from_millis(500))?;
+        std::thread::sleep(Duration::from_millis(500));
+        bed.skiffd.start_again()?;
         check_file(&bed.skiffd, 1)?;
         let images = bed.skiffd.skiff_ok(&["image", "ls"])?;
         ensure!(
