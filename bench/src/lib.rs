@@ -13,6 +13,8 @@
 //!   `skiff-ondemand`, `skiff-containerd`, and the peer `stargz`), `skiff-bench run` and
 //!   [`coldstart::concurrent`] (`skiff-bench concurrent`: N simultaneous cold starts of one image against
 //!   one). It drives skiff and containerd through their binaries, like a user.
+//! - [`memory`] (`skiff-bench memory`): skiffd's resident memory once lazily pulled images are whole in
+//!   its chunk cache, against the bound `[cache] memory_bytes` + 64 MiB + 8 MiB per 10,000 mounted files.
 //! - [`corpus`] (`skiff-bench corpus build|push`): the benchmark images, built offline and pushed in
 //!   their plain gzip, eStargz and zstd:chunked variants.
 
@@ -21,3 +23,4 @@ pub mod corpus;
 pub mod fuse_micro;
 pub mod link;
 pub mod link_check;
+pub mod memory;

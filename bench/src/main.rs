@@ -25,6 +25,9 @@ enum Command {
     /// Concurrency: N containers of one image started at the same moment on a cold skiffd, against one;
     /// total ÷ single, registry bytes and duplicate chunk fetches; concurrent.csv.
     Concurrent(skiff_bench::coldstart::concurrent::ConcurrentArgs),
+    /// Memory: skiffd's resident memory after lazily pulling images and fetching them whole in the
+    /// background, against `[cache] memory_bytes` + 64 MiB + 8 MiB per 10,000 mounted files; memory.csv.
+    Memory(skiff_bench::memory::MemoryArgs),
     /// Build the benchmark images and push them as plain gzip, eStargz, optimized eStargz and zstd:chunked.
     #[command(subcommand)]
     Corpus(skiff_bench::corpus::CorpusCommand),
@@ -40,6 +43,7 @@ fn main() -> Result<()> {
         Command::Fuse(args) => skiff_bench::fuse_micro::run(&args, runtime.handle()),
         Command::LinkCheck(args) => skiff_bench::link_check::run(&args, runtime.handle()),
         Command::Run(args) => skiff_bench::coldstart::run::run(&args, runtime.handle()),
+        Command::Memory(args) => skiff_bench::memory::run(&args, runtime.handle()),
         Command::Concurrent(args) => {
             skiff_bench::coldstart::concurrent::run(&args, runtime.handle())
         }
