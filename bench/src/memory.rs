@@ -212,7 +212,9 @@ fn mounted_files(dir: &Path) -> Result<u64> {
     for mount in lazy_mounts_under(dir)? {
         let mut stack = vec![mount.mount_point];
         while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).with_context(|| format!("list {}", dir.display()))? {
+            for entry in
+                std::fs::read_dir(&dir).with_context(|| format!("list {}", dir.display()))?
+            {
                 let entry = entry?;
                 count += 1;
                 if entry.file_type()?.is_dir() {

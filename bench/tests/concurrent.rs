@@ -2,10 +2,7 @@
 //! cold start then three at once on fresh skiffds (real registry, FUSE, runc); concurrent.csv has a row
 //! for each, and the three containers reading the same chunks fetched none of them twice.
 
-use std::process::Command;
-
 use anyhow::{ensure, Context};
-use skiff_tests::cargo_bin;
 
 mod common;
 
@@ -20,8 +17,9 @@ fn concurrent_starts_report_ratio_bytes_and_no_duplicate_fetches() -> anyhow::Re
          command = [\"/bin/sh\", \"-c\", \"cat /data/blob.bin > /dev/null && echo ready\"]\nready = \"^ready$\"\n",
     )?;
     let out = dir.path().join("out");
-    let output = Command::new(cargo_bin("skiff-bench")?)
-        .args([
+    let workloads = workloads.display().to_string();
+    let stdout = common::run_bench(
+        &[
             "concurrent",
             "--profile",
             "none",
@@ -31,47 +29,31 @@ fn concurrent_starts_report_ratio_bytes_and_no_duplicate_fetches() -> anyhow::Re
             "1",
             "--image",
             "bb:esgz",
-        ])
-        .arg("--workloads")
-        .arg(&workloads)
-        .arg("--registry-dir")
-        .arg(registry.storage_dir())
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .context("run skiff-bench")?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    ensure!(
-        output.status.success(),
-        "skiff-bench concurrent failed: {}\n{stdout}\n{stderr}",
-        output.status
-    );
+            "--workloads",
+            &workloads,
+        ],
+        &registry,
+        &out,
+    )?;
     ensure!(
         stdout.contains("total ÷ single") && stdout.contains("duplicate chunk fetches"),
         "no summary:\n{stdout}"
     );
-
-    let mut reader = csv::Reader::from_path(out.join("concurrent.csv"))?;
-    let header: Vec<String> = reader.headers()?.iter().map(str::to_owned).collect();
-    for column in [
-        "image",
-        "profile",
-        "run",
-        "containers",
-        "total_s",
-        "registry_bytes",
-        "bytes_fetched",
-        "duplicate_fetches",
-        "ratio_to_single",
-    ] {
-        ensure!(
-            header.iter().any(|c| c == column),
-            "concurrent.csv lacks column {column}: {header:?}"
-        );
-    }
+    let (header, rows) = common::read_csv(
+        &out.join("concurrent.csv"),
+        &[
+            "image",
+            "profile",
+            "run",
+            "containers",
+            "total_s",
+            "registry_bytes",
+            "bytes_fetched",
+            "duplicate_fetches",
+            "ratio_to_single",
+        ],
+    )?;
     let column = |name: &str| header.iter().position(|c| c == name).expect("checked");
-    let rows: Vec<csv::StringRecord> = reader.records().collect::<Result<_, _>>()?;
     ensure!(rows.len() == 2, "{} rows: {rows:?}", rows.len());
     let containers: Vec<&str> = rows.iter().map(|r| &r[column("containers")]).collect();
     ensure!(

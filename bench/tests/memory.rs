@@ -2,10 +2,7 @@
 //! skiffd (real registry, FUSE) and fetched whole in the background; memory.csv has the row with the
 //! pinned columns, skiffd's RSS and the bound.
 
-use std::process::Command;
-
 use anyhow::{ensure, Context};
-use skiff_tests::cargo_bin;
 
 mod common;
 
@@ -14,42 +11,35 @@ fn memory_reports_rss_against_the_bound_once_the_image_is_cached() -> anyhow::Re
     let registry = common::busybox_registry("/data/blob.bin", 4 << 20, 9, true)?;
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("out");
-    let output = Command::new(cargo_bin("skiff-bench")?)
-        .args(["memory", "--profile", "none", "--runs", "1", "--image", "bb:esgz"])
-        .arg("--registry-dir")
-        .arg(registry.storage_dir())
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .context("run skiff-bench")?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    ensure!(
-        output.status.success(),
-        "skiff-bench memory failed: {}\n{stdout}\n{stderr}",
-        output.status
-    );
+    let stdout = common::run_bench(
+        &[
+            "memory",
+            "--profile",
+            "none",
+            "--runs",
+            "1",
+            "--image",
+            "bb:esgz",
+        ],
+        &registry,
+        &out,
+    )?;
     ensure!(stdout.contains("RSS ÷ bound"), "no table:\n{stdout}");
-    let mut reader = csv::Reader::from_path(out.join("memory.csv"))?;
-    let header: Vec<String> = reader.headers()?.iter().map(str::to_owned).collect();
-    for column in [
-        "run",
-        "image",
-        "lazy_layers",
-        "mounted_files",
-        "bytes_fetched",
-        "memory_bytes",
-        "rss_bytes",
-        "peak_rss_bytes",
-        "bound_bytes",
-        "rss_to_bound",
-    ] {
-        ensure!(
-            header.iter().any(|h| h == column),
-            "memory.csv lacks column {column}: {header:?}"
-        );
-    }
-    let rows: Vec<csv::StringRecord> = reader.records().collect::<Result<_, _>>()?;
+    let (header, rows) = common::read_csv(
+        &out.join("memory.csv"),
+        &[
+            "run",
+            "image",
+            "lazy_layers",
+            "mounted_files",
+            "bytes_fetched",
+            "memory_bytes",
+            "rss_bytes",
+            "peak_rss_bytes",
+            "bound_bytes",
+            "rss_to_bound",
+        ],
+    )?;
     ensure!(rows.len() == 1, "one row expected: {rows:?}");
     let get = |name: &str| -> anyhow::Result<u64> {
         let i = header.iter().position(|h| h == name).context("column")?;

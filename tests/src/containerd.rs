@@ -330,6 +330,18 @@ pub fn convert_estargz(
     .digest)
 }
 
+/// [`convert_image`] in a containerd of its own that goes away afterwards (its content store gets every
+/// blob), from `registry`'s `src` to its `dst`.
+pub fn convert_in_own_containerd(
+    registry_host: &str,
+    src: &str,
+    dst: &str,
+    format: LazyFormat,
+) -> Result<ConvertedImage> {
+    let converter = Containerd::start()?;
+    convert_image(&converter, registry_host, src, dst, None, format)
+}
+
 /// `ctr-remote images optimize`: converts `src` to `format` (eStargz, or zstd:chunked) with the files
 /// `command` reads while it runs (in a container of this containerd, for `period_secs`) placed first and
 /// marked for prefetch, and pushes it as `dst`; returns the pushed manifest digest.

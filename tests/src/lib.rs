@@ -26,8 +26,8 @@ pub mod token_server;
 
 pub use client_config::{write_docker_config, write_hosts_toml, HostEntry};
 pub use containerd::{
-    convert_estargz, convert_image, optimize_image, Containerd, ContainerdConfig, ConvertedImage,
-    LazyFormat, ProxyPlugin,
+    convert_estargz, convert_image, convert_in_own_containerd, optimize_image, Containerd,
+    ContainerdConfig, ConvertedImage, LazyFormat, ProxyPlugin,
 };
 pub use fault_proxy::{Fault, FaultProxy, ProxiedRequest};
 pub use http_client::{http_get, http_request, HttpResponse};

@@ -200,6 +200,20 @@ impl Skiffd {
         Ok(status)
     }
 
+    /// Like [`restart_after`](Self::restart_after), running `meanwhile` while skiffd is down.
+    pub fn restart_after_with(
+        &mut self,
+        signal: Signal,
+        down: std::time::Duration,
+        meanwhile: impl FnOnce() -> Result<()>,
+    ) -> Result<Option<ExitStatus>> {
+        let status = self.end(signal);
+        meanwhile()?;
+        std::thread::sleep(down);
+        self.spawn()?;
+        Ok(status)
+    }
+
     /// Ends skiffd with `signal` and waits for it (SIGKILL after 10 s); [`start_again`](Self::start_again)
     /// starts it again.
     pub fn end(&mut self, signal: Signal) -> Option<ExitStatus> {

@@ -505,10 +505,80 @@ fn rpulled_lazy_layers_survive_a_skiffd_restart() -> Result<()> {
             .into_iter()
             .map(|m| m.mount_point)
             .collect();
+        // A container started by containerd reads and checks the 24 MiB file in a loop.
+        let reports = tempfile::tempdir()?;
+        let expected = skiff_tests::sha256_digest(&skiff_tests::generated_bytes(7, UNREAD_BYTES));
+        let expected = expected.trim_start_matches("sha256:").to_owned();
+        let mount = format!(
+            "type=bind,src={},dst=/out,options=rbind:rw",
+            reports.path().display()
+        );
+        bed.containerd.ctr_ok(&[
+            "-n",
+            "default",
+            "run",
+            "-d",
+            "--snapshotter",
+            "skiff",
+            "--mount",
+            &mount,
+            &image,
+            "reader",
+            "sh",
+            "-c",
+            "while true; do if sha256sum /data/unread.bin > /out/cur; then cat /out/cur >> /out/log; \
+             else echo FAIL >> /out/log; fi; sleep 0.2; done",
+        ])?;
+        let log = || std::fs::read_to_string(reports.path().join("log")).unwrap_or_default();
+        wait_until(
+            "the reader to check the file",
+            Duration::from_secs(60),
+            || Ok(log().lines().count() >= 2),
+        )?;
+        let task = |bed: &Bed| -> Result<String> {
+            let tasks = bed.containerd.ctr_ok(&["-n", "default", "task", "ls"])?;
+            Ok(tasks
+                .lines()
+                .find(|l| l.starts_with("reader "))
+                .unwrap_or_default()
+                .to_owned())
+        };
+        let running = task(&bed)?;
+        ensure!(running.contains("RUNNING"), "ctr task ls: {running}");
 
         // SIGTERM leaves the mounts to the keeper and the restarted skiffd serves them again; containerd
-        // keeps running and reconnects to the same socket.
-        bed.skiffd.restart()?;
+        // keeps running and reconnects to the same socket. While skiffd is down the page cache is dropped,
+        // so the reader's next reads go to the FUSE mount and wait for the new skiffd.
+        bed.skiffd.restart_after_with(
+            nix::sys::signal::Signal::SIGTERM,
+            Duration::from_secs(2),
+            || std::fs::write("/proc/sys/vm/drop_caches", "3").context("drop caches"),
+        )?;
+        let seen = log().lines().count();
+        wait_until(
+            "the reader to go on after the restart",
+            Duration::from_secs(60),
+            || Ok(log().lines().count() >= seen + 5),
+        )?;
+        let lines = log();
+        ensure!(
+            lines.lines().all(|l| l.starts_with(&expected)),
+            "the reader saw failures or wrong bytes across the restart:\n{lines}"
+        );
+        ensure!(
+            task(&bed)? == running,
+            "the reader's task changed: {running} -> {}",
+            task(&bed)?
+        );
+        bed.containerd
+            .ctr_ok(&["-n", "default", "task", "kill", "-s", "SIGKILL", "reader"])?;
+        wait_until("the reader to stop", Duration::from_secs(30), || {
+            Ok(!task(&bed)?.contains("RUNNING"))
+        })?;
+        bed.containerd
+            .ctr_ok(&["-n", "default", "task", "rm", "reader"])?;
+        bed.containerd
+            .ctr_ok(&["-n", "default", "container", "rm", "reader"])?;
         ensure!(
             bed.skiffd.log().contains("lazy layer taken over"),
             "the restarted skiffd did not take the mounts over"

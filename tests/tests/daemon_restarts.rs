@@ -14,9 +14,9 @@ use anyhow::{ensure, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use skiff_tests::{
-    convert_image, generated_bytes, lazy_mounts_under, mounts_under, require, sha256_digest,
-    wait_until, write_lazy_skiffd_config, Containerd, FaultProxy, ImageSpec, LayerSpec, LazyFormat,
-    Registry, RegistryAuth, Skiffd, SkiffdOptions,
+    convert_in_own_containerd, generated_bytes, lazy_mounts_under, mounts_under, require,
+    sha256_digest, wait_until, write_lazy_skiffd_config, FaultProxy, ImageSpec, LayerSpec,
+    LazyFormat, Registry, RegistryAuth, Skiffd, SkiffdOptions,
 };
 
 const TOOLS: &[&str] = &[
@@ -69,17 +69,7 @@ fn bed_with(args: &[&str]) -> Result<Bed> {
     data = data.file("/data/SUMS", sums);
     let image = ImageSpec::new().busybox().layer(data).cmd(&["/bin/sh"]);
     registry.push(&image.build_layout()?, "plain:1")?;
-    {
-        let converter = Containerd::start()?;
-        convert_image(
-            &converter,
-            &registry.host(),
-            "plain:1",
-            "lazy:1",
-            None,
-            LazyFormat::Estargz,
-        )?;
-    }
+    convert_in_own_containerd(&registry.host(), "plain:1", "lazy:1", LazyFormat::Estargz)?;
     let proxy = FaultProxy::in_front_of(&registry)?;
     let config_dir = tempfile::tempdir()?;
     let config = write_lazy_skiffd_config(config_dir.path(), &proxy.host())?;

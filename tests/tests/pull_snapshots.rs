@@ -16,9 +16,10 @@ use skiff_api::containerd::snapshots::v1 as snapshots;
 use skiff_api::containerd::snapshots::v1::snapshots_client::SnapshotsClient;
 use skiff_api::v1;
 use skiff_tests::{
-    convert_image, every_entry_type_layers, generated_bytes, lazy_mounts_under, mounts_under,
-    require, sha256_digest, write_lazy_skiffd_config, BuiltImage, Containerd, Fault, FaultProxy,
-    ImageSpec, LayerSpec, LazyFormat, Registry, RegistryAuth, Skiffd, SkiffdOptions,
+    convert_image, convert_in_own_containerd, every_entry_type_layers, generated_bytes,
+    lazy_mounts_under, mounts_under, require, sha256_digest, write_lazy_skiffd_config, BuiltImage,
+    Containerd, Fault, FaultProxy, ImageSpec, LayerSpec, LazyFormat, Registry, RegistryAuth,
+    Skiffd, SkiffdOptions,
 };
 
 const TOOLS: &[&str] = &[
@@ -621,17 +622,7 @@ fn plain_http_from_the_pull_reaches_the_lazy_layers() -> Result<()> {
         &ImageSpec::new().layer(lower).layer(upper).build_layout()?,
         "plain:1",
     )?;
-    {
-        let converter = Containerd::start()?;
-        convert_image(
-            &converter,
-            &registry.host(),
-            "plain:1",
-            "lazy:1",
-            None,
-            LazyFormat::Estargz,
-        )?;
-    }
+    convert_in_own_containerd(&registry.host(), "plain:1", "lazy:1", LazyFormat::Estargz)?;
     // No hosts.toml: only the pull's --plain-http says the registry speaks plain HTTP.
     let skiffd = Skiffd::start()?;
     let result = (|| -> Result<()> {

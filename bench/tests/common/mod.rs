@@ -7,7 +7,7 @@ use anyhow::Result;
 use skiff_bench::coldstart::{workloads, Mode, Temperature, Workload};
 use skiff_bench::link::{Profile, ShapedLink};
 use skiff_tests::{
-    convert_estargz, require, Containerd, ImageSpec, LayerSpec, Registry, RegistryAuth,
+    convert_in_own_containerd, require, ImageSpec, LayerSpec, LazyFormat, Registry, RegistryAuth,
 };
 
 /// What an eStargz bed needs (the plain one needs neither FUSE nor ctr-remote, but the modes that
@@ -45,10 +45,52 @@ pub fn busybox_registry(path: &str, size: usize, seed: u64, estargz: bool) -> Re
         .cmd(&["/bin/sh"]);
     registry.push(&image.build_layout()?, "bb:org")?;
     if estargz {
-        let converter = Containerd::start()?;
-        convert_estargz(&converter, &registry.host(), "bb:org", "bb:esgz", None)?;
+        convert_in_own_containerd(&registry.host(), "bb:org", "bb:esgz", LazyFormat::Estargz)?;
     }
     Ok(registry)
+}
+
+/// Runs `skiff-bench ARGS… --registry-dir DIR --out OUT`; fails with its output unless it succeeds;
+/// returns its stdout.
+#[allow(dead_code)] // not every test file uses every helper
+pub fn run_bench(args: &[&str], registry: &Registry, out: &std::path::Path) -> Result<String> {
+    use anyhow::Context;
+    let output = std::process::Command::new(skiff_tests::cargo_bin("skiff-bench")?)
+        .args(args)
+        .arg("--registry-dir")
+        .arg(registry.storage_dir())
+        .arg("--out")
+        .arg(out)
+        .output()
+        .context("run skiff-bench")?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    anyhow::ensure!(
+        output.status.success(),
+        "skiff-bench {} failed: {}\n{stdout}\n{}",
+        args.first().copied().unwrap_or_default(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(stdout)
+}
+
+/// The header and rows of the CSV file at `path`, which must have every one of `columns`.
+#[allow(dead_code)] // not every test file uses every helper
+pub fn read_csv(
+    path: &std::path::Path,
+    columns: &[&str],
+) -> Result<(Vec<String>, Vec<csv::StringRecord>)> {
+    let mut reader = csv::Reader::from_path(path)?;
+    let header: Vec<String> = reader.headers()?.iter().map(str::to_owned).collect();
+    for column in columns {
+        anyhow::ensure!(
+            header.iter().any(|h| h == column),
+            "{} lacks column {column}: {header:?}",
+            path.display()
+        );
+    }
+    let rows = reader.records().collect::<Result<_, _>>()?;
+    Ok((header, rows))
 }
 
 /// A bed behind an unshaped link: the registry of [`busybox_registry`], a workload of its image `bb` in

@@ -68,6 +68,9 @@ pub(crate) fn read_exact_prefix<R: Read>(
             actual: out.len() as u64,
         });
     }
+    // The buffer grew by doubling: up to twice its length is allocated, and a chunk kept in the memory
+    // cache (which counts lengths) would hold the difference too.
+    out.shrink_to_fit();
     Ok(out)
 }
 
