@@ -60,7 +60,7 @@ pub fn run(args: &MemoryArgs, runtime: &Handle) -> Result<()> {
         bail!("--runs must be at least 1");
     }
     skiff_tests::require(&["root", "/dev/fuse", "docker-registry"])?;
-    let images = if args.images.is_empty() {
+    let mut images: Vec<String> = if args.images.is_empty() {
         workloads::load(&args.bed.workloads)?
             .iter()
             .filter(|w| w.variants.iter().any(|v| v == "esgz"))
@@ -69,6 +69,9 @@ pub fn run(args: &MemoryArgs, runtime: &Handle) -> Result<()> {
     } else {
         args.images.clone()
     };
+    // Two workloads may share an image: each is pulled once.
+    let mut seen = std::collections::HashSet::new();
+    images.retain(|image| seen.insert(image.clone()));
     if images.is_empty() {
         bail!("no image to pull: give --image or a workloads file with esgz variants");
     }
