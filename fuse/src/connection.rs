@@ -149,7 +149,11 @@ impl FuseConnection {
         }
         let background = session.spawn()?;
         if !fresh {
-            self.resend()?;
+            if let Err(err) = self.resend() {
+                // A kernel before 6.9: the connection is served, but a request the previous server read
+                // and never answered stays unanswered (its reader waits until interrupted).
+                tracing::warn!(error = %err, "cannot ask the kernel to resend unanswered FUSE requests");
+            }
         }
         Ok(background)
     }
