@@ -184,6 +184,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     );
     let work = DaemonTasks::default();
     work.spawn(Arc::clone(&lazy).watch_keeper(KEEPER_CHECK, work.token().clone()));
+    work.spawn(crate::malloc::trim_every(
+        crate::malloc::TRIM_EVERY,
+        work.token().clone(),
+    ));
     let listener = match bind(&config.address) {
         Ok(listener) => listener,
         Err(err) => {

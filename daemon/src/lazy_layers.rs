@@ -196,11 +196,12 @@ impl FuseRemoteLayers {
             .as_ref()
             .and_then(|keeper| keeper.take_back(mountpoint, &descriptor.digest));
         if let Some(connection) = connection {
-            match self
+            let resumed = self
                 .manager
                 .resume(source, descriptor, mountpoint, connection)
-                .await
-            {
+                .await;
+            let _ = tokio::task::spawn_blocking(crate::malloc::trim).await;
+            match resumed {
                 Ok(_) => return true,
                 Err(err) => {
                     error!(
@@ -356,7 +357,10 @@ impl LayerMounter for FuseRemoteLayers {
             {
                 return Ok(descriptor);
             }
-            match self.manager.mount(source, &descriptor, mountpoint).await {
+            let mounted = self.manager.mount(source, &descriptor, mountpoint).await;
+            // What parsing the TOC freed goes back to the kernel (bench/README.md, memory).
+            let _ = tokio::task::spawn_blocking(crate::malloc::trim).await;
+            match mounted {
                 Ok(_) => Ok(descriptor),
                 Err(ManagerError::Open(OpenError::NotLazy { digest, reason })) => {
                     Err(RemoteError::NotLazy { digest, reason })

@@ -11,6 +11,7 @@
 //!   startup, so mounts outlive skiffd;
 //! - [`containers`], [`tasks`]: container records and their processes, through [`task_runtime`]'s seam
 //!   (`skiff-shim` + runc in skiffd);
+//! - [`malloc`]: glibc malloc settings and trimming that keep skiffd's memory within its bound;
 //! - [`work`]: the daemon's spawned work (pulls, output and content streams), drained at shutdown.
 //!
 //! Dependencies point one way: this crate uses `skiff-registry`, `skiff-fuse`, `skiff-snapshotter`,
@@ -23,6 +24,7 @@ pub mod grpc;
 pub mod images;
 pub mod keeper;
 pub mod lazy_layers;
+pub mod malloc;
 pub mod task_runtime;
 pub mod tasks;
 pub mod work;

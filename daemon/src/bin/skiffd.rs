@@ -34,32 +34,8 @@ struct Args {
     unmount_on_exit: bool,
 }
 
-/// glibc's malloc raises its mmap threshold each time a large block is freed; from then on chunk-sized
-/// buffers (hundreds of KiB to MiB) come from the heap and stay with the process once freed. On the
-/// corpus this kept skiffd's RSS ~150 MiB above its chunk cache's cap (`skiff-bench memory`, bench/README.md).
-/// A fixed threshold hands such buffers back to the kernel when they are freed; and one malloc arena per
-/// CPU (instead of eight) keeps fewer freed small blocks around per thread. Measured on the corpus: RSS
-/// 490 → 326 MiB, with the cache's 256 MiB full. `MALLOC_MMAP_THRESHOLD_` and `MALLOC_ARENA_MAX` in the
-/// environment still win.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tune_malloc() {
-    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
-    // SAFETY: mallopt only sets allocator parameters; called first thing, before any thread starts.
-    unsafe {
-        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-        }
-        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-            libc::mallopt(libc::M_ARENA_MAX, cpus.min(64) as libc::c_int);
-        }
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_malloc() {}
-
 fn main() -> ExitCode {
-    tune_malloc();
+    skiff_daemon::malloc::tune();
     let args = Args::parse();
     let mut config = match &args.config {
         Some(path) => match Config::load(path) {
