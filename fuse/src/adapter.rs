@@ -165,6 +165,9 @@ impl Filesystem for LayerFs {
         self.passthrough.store(passthrough, Ordering::Relaxed);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        // After a takeover files are opened with direct I/O (see `LayerFs::resumed`); this lets them be
+        // mmapped shared as well as privately. It changes nothing for files opened otherwise.
+        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         info!(layer = %self.layer.descriptor().digest, passthrough, "fuse session ready");
         Ok(())
     }

@@ -399,15 +399,47 @@ fn data_mount(skiffd: &Skiffd) -> Result<PathBuf> {
         .context("no lazy mount holds /data")
 }
 
-/// `data/fN` read through the lazy mount is what the image holds.
+/// `data/fN` read through the lazy mount is what the image holds, read with `read(2)` and through a
+/// shared and a private mapping (programs map libraries privately; some map data files shared).
 fn check_file(skiffd: &Skiffd, i: usize) -> Result<()> {
     let path = data_mount(skiffd)?.join(format!("data/f{i}"));
+    let expected = generated_bytes(1000 + i as u64, FILE_BYTES);
     let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
     ensure!(
-        bytes == generated_bytes(1000 + i as u64, FILE_BYTES),
+        bytes == expected,
         "{} differs from the image",
         path.display()
     );
+    let file = std::fs::File::open(&path)?;
+    for flags in [
+        nix::sys::mman::MapFlags::MAP_SHARED,
+        nix::sys::mman::MapFlags::MAP_PRIVATE,
+    ] {
+        let length = std::num::NonZeroUsize::new(FILE_BYTES).context("empty file")?;
+        // SAFETY: a read-only mapping of a file nobody writes (the layer is read-only), unmapped below.
+        let mapped = unsafe {
+            nix::sys::mman::mmap(
+                None,
+                length,
+                nix::sys::mman::ProtFlags::PROT_READ,
+                flags,
+                &file,
+                0,
+            )
+        }
+        .with_context(|| format!("mmap {} ({flags:?})", path.display()))?;
+        // SAFETY: the mapping is FILE_BYTES long and readable.
+        let same = unsafe {
+            std::slice::from_raw_parts(mapped.as_ptr().cast::<u8>(), FILE_BYTES) == &expected[..]
+        };
+        // SAFETY: unmapping what was mapped above.
+        unsafe { nix::sys::mman::munmap(mapped, FILE_BYTES) }?;
+        ensure!(
+            same,
+            "{} mapped {flags:?} differs from the image",
+            path.display()
+        );
+    }
     Ok(())
 }
 
