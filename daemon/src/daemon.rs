@@ -159,7 +159,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .with_remote_mounts(Arc::clone(&lazy) as Arc<_>);
     let remote = RemoteSnapshots::new(snapshotter.clone(), Arc::clone(&lazy) as Arc<_>);
     remote.remount_all().await?;
-    lazy.drop_unclaimed();
+    lazy.finish_startup();
     let images = Images::new(
         stores.content.clone(),
         stores.meta.clone(),
@@ -183,11 +183,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Arc::new(ShimRuntime { shim_binary: None }),
     );
     let work = DaemonTasks::default();
-    work.spawn(Arc::clone(&lazy).watch_keeper(KEEPER_CHECK, work.token().clone()));
-    work.spawn(crate::malloc::trim_every(
-        crate::malloc::TRIM_EVERY,
-        work.token().clone(),
-    ));
+    work.every(KEEPER_CHECK, {
+        let lazy = Arc::clone(&lazy);
+        move || lazy.check_keeper()
+    });
+    work.every(crate::malloc::TRIM_EVERY, crate::malloc::trim);
     let listener = match bind(&config.address) {
         Ok(listener) => listener,
         Err(err) => {

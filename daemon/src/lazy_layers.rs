@@ -115,6 +115,9 @@ pub struct FuseRemoteLayers {
     manifests: Mutex<HashMap<Digest, Arc<Vec<LayerDescriptor>>>>,
     /// Holds every mount's connection so mounts outlive skiffd; `None`: they end with it.
     keeper: Option<Arc<Keeper>>,
+    /// Until [`finish_startup`](Self::finish_startup): mounts go to snapshot directories an earlier skiffd
+    /// may have left mounted. Afterwards every mount goes to a fresh directory.
+    starting: std::sync::atomic::AtomicBool,
 }
 
 impl FuseRemoteLayers {
@@ -135,6 +138,7 @@ impl FuseRemoteLayers {
             plain_client,
             manifests: Mutex::new(HashMap::new()),
             keeper,
+            starting: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -143,29 +147,16 @@ impl FuseRemoteLayers {
         self.keeper.is_some()
     }
 
-    /// Watches the keeper until `stop`: when it died, a new one is started and handed every mount again,
-    /// so a later crash of skiffd still leaves the mounts alive.
-    pub async fn watch_keeper(
-        self: Arc<Self>,
-        every: std::time::Duration,
-        stop: tokio_util::sync::CancellationToken,
-    ) {
-        let Some(keeper) = self.keeper.clone() else {
-            return;
-        };
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(every) => {}
-            }
-            let keeper = Arc::clone(&keeper);
-            let restarted = tokio::task::spawn_blocking(move || keeper.restarted())
-                .await
-                .unwrap_or(false);
-            if restarted {
-                self.manager.keep_all();
-                info!("the keeper was restarted and holds every lazy mount again");
-            }
+    /// Checks the keeper is alive; when it died, a new one is started and handed every mount again, so a
+    /// later crash of skiffd still leaves the mounts alive (blocking: socket IO).
+    pub fn check_keeper(&self) {
+        if self
+            .keeper
+            .as_ref()
+            .is_some_and(|keeper| keeper.restarted())
+        {
+            self.manager.keep_all();
+            info!("the keeper was restarted and holds every lazy mount again");
         }
     }
 
@@ -175,22 +166,27 @@ impl FuseRemoteLayers {
     }
 
     /// After every remote snapshot is mounted again: mounts the keeper held that no snapshot claimed are
-    /// detached.
-    pub fn drop_unclaimed(&self) {
+    /// detached, and new mounts no longer look for what an earlier skiffd left behind.
+    pub fn finish_startup(&self) {
+        self.starting
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         if let Some(keeper) = &self.keeper {
             keeper.drop_unclaimed();
         }
     }
 
-    /// Serves again the connection the keeper holds for `mountpoint`, if it is this layer's and alive;
-    /// otherwise clears whatever is mounted there (a mount whose server and keeper are both gone) so the
-    /// layer can be mounted afresh.
+    /// At startup: serves again the connection the keeper holds for `mountpoint`, if it is this layer's
+    /// and alive; otherwise clears whatever is mounted there (a mount whose server and keeper are both
+    /// gone) so the layer can be mounted afresh. After startup there is nothing to take over.
     async fn take_over(
         &self,
         source: Arc<RegistryBlob>,
         descriptor: &LayerDescriptor,
         mountpoint: &Path,
     ) -> bool {
+        if !self.starting.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
         let connection = self
             .keeper
             .as_ref()

@@ -44,14 +44,3 @@ pub fn tune() {}
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn trim() {}
-
-/// Trims every `every` until `stop`.
-pub async fn trim_every(every: Duration, stop: tokio_util::sync::CancellationToken) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-        let _ = tokio::task::spawn_blocking(trim).await;
-    }
-}

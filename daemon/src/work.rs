@@ -1,4 +1,5 @@
-//! [`DaemonTasks`]: the daemon's own spawned work — pulls, and the streams of task output and content —
+//! [`DaemonTasks`]: the daemon's own spawned work — pulls, the streams of task output and content, and periodic
+//! jobs (the keeper check, heap trimming) —
 //! owned by one tracker and one cancellation token, so shutdown ends it in a known order (see
 //! [`crate::daemon`]): streams stop at once, pulls stop at their next step and clean up after
 //! themselves, and the daemon waits for them before it unmounts anything.
@@ -23,6 +24,22 @@ impl DaemonTasks {
         F: Future<Output = ()> + Send + 'static,
     {
         self.tracker.spawn(task);
+    }
+
+    /// Runs `job` on the blocking pool every `period`, tracked, until shutdown begins.
+    pub fn every(&self, period: Duration, job: impl Fn() + Send + Sync + 'static) {
+        let job = std::sync::Arc::new(job);
+        let stop = self.cancel.clone();
+        self.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(period) => {}
+                }
+                let job = std::sync::Arc::clone(&job);
+                let _ = tokio::task::spawn_blocking(move || job()).await;
+            }
+        });
     }
 
     /// Cancelled when shutdown begins.
