@@ -423,18 +423,14 @@ impl MountedLayer {
         mountpoint: &Path,
         runtime: Handle,
     ) -> Result<MountedLayer, MountError> {
-        let failed = |source| MountError::Mount {
-            digest: layer.descriptor().digest,
-            mountpoint: mountpoint.to_path_buf(),
-            source,
-        };
         let fsname = format!("skiff:{}", layer.descriptor().digest);
-        let connection = FuseConnection::mount(mountpoint, &fsname).map_err(failed)?;
-        let started = Self::serve(layer.clone(), mountpoint, runtime, connection, true);
+        let connection = FuseConnection::mount(mountpoint, &fsname)
+            .map_err(|source| Self::mount_error(&layer, mountpoint, source))?;
+        let started = Self::serve(layer, mountpoint, runtime, connection, true);
         if started.is_err() {
             let _ = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH);
         }
-        started.map_err(failed)
+        started
     }
 
     /// Serves again a connection an earlier daemon mounted at `mountpoint` for the same layer (the
@@ -447,13 +443,15 @@ impl MountedLayer {
         runtime: Handle,
         connection: FuseConnection,
     ) -> Result<MountedLayer, MountError> {
-        Self::serve(layer.clone(), mountpoint, runtime, connection, false).map_err(|source| {
-            MountError::Mount {
-                digest: layer.descriptor().digest,
-                mountpoint: mountpoint.to_path_buf(),
-                source,
-            }
-        })
+        Self::serve(layer, mountpoint, runtime, connection, false)
+    }
+
+    fn mount_error(layer: &LazyLayer, mountpoint: &Path, source: std::io::Error) -> MountError {
+        MountError::Mount {
+            digest: layer.descriptor().digest,
+            mountpoint: mountpoint.to_path_buf(),
+            source,
+        }
     }
 
     fn serve(
@@ -462,7 +460,7 @@ impl MountedLayer {
         runtime: Handle,
         connection: FuseConnection,
         fresh: bool,
-    ) -> std::io::Result<MountedLayer> {
+    ) -> Result<MountedLayer, MountError> {
         let mut config = Config::default();
         config.acl = SessionACL::All;
         config.n_threads = Some(2);
@@ -474,7 +472,9 @@ impl MountedLayer {
             next_handle: AtomicU64::new(1),
             resumed: !fresh,
         };
-        let session = connection.serve(fs, config, fresh)?;
+        let session = connection
+            .serve(fs, config, fresh)
+            .map_err(|source| Self::mount_error(&layer, mountpoint, source))?;
         let background = layer
             .tasks()
             .spawn_cancellable(&runtime, Arc::clone(&layer).fetch_in_background());

@@ -179,11 +179,8 @@ impl Skiffd {
     /// Kills skiffd with SIGKILL (no shutdown at all, as in a crash) and starts it again with the same root,
     /// socket and options.
     pub fn kill_and_restart(&mut self) -> Result<()> {
-        if let Some(mut process) = self.process.take() {
-            let _ = kill(Pid::from_raw(process.pid() as i32), Signal::SIGKILL);
-            process.stop();
-        }
-        self.spawn()
+        self.restart_after(Signal::SIGKILL, std::time::Duration::ZERO)
+            .map(drop)
     }
 
     /// Ends skiffd with `signal` (SIGKILL: a crash; SIGTERM: a restart or an upgrade), leaves it down for
@@ -194,10 +191,7 @@ impl Skiffd {
         signal: Signal,
         down: std::time::Duration,
     ) -> Result<Option<ExitStatus>> {
-        let status = self.end(signal);
-        std::thread::sleep(down);
-        self.spawn()?;
-        Ok(status)
+        self.restart_after_with(signal, down, || Ok(()))
     }
 
     /// Like [`restart_after`](Self::restart_after), running `meanwhile` while skiffd is down.

@@ -30,16 +30,21 @@ pub const INHERITED_LABEL_PREFIX: &str = "containerd.io/snapshot/";
 /// containerd's limit on a label's key and value together.
 pub const MAX_LABEL_BYTES: usize = 4096;
 
-/// What is wrong with one label by containerd's rules (a non-empty key; key and value together at most
-/// [`MAX_LABEL_BYTES`]), if anything. Every record skiffd keeps labels on follows them.
-pub fn label_problem(key: &str, value: &str) -> Option<&'static str> {
-    if key.is_empty() {
-        Some("the key must not be empty")
-    } else if key.len() + value.len() > MAX_LABEL_BYTES {
-        Some("key and value together exceed 4096 bytes")
-    } else {
-        None
+/// Checks labels by containerd's rules (a non-empty key; key and value together at most
+/// [`MAX_LABEL_BYTES`]); every record skiffd keeps labels on follows them. The first bad label is named
+/// (shortened for an error message) with what is wrong with it.
+pub fn check_labels(labels: &Labels) -> Result<(), (String, &'static str)> {
+    for (key, value) in labels {
+        let problem = if key.is_empty() {
+            "the key must not be empty"
+        } else if key.len() + value.len() > MAX_LABEL_BYTES {
+            "key and value together exceed 4096 bytes"
+        } else {
+            continue;
+        };
+        return Err((shorten_for_error(key), problem));
     }
+    Ok(())
 }
 
 /// A name, key or path from a request as an error message shows it: at most 100 characters (a 4 KB or

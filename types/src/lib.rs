@@ -25,7 +25,7 @@ pub use descriptor::LayerDescriptor;
 pub use digest::{Digest, DigestError};
 pub use error_chain::error_chain;
 pub use labels::{
-    is_inherited_annotation, label_problem, shorten_for_error, LabelError, Labels, RemoteLayer,
+    check_labels, is_inherited_annotation, shorten_for_error, LabelError, Labels, RemoteLayer,
     INHERITED_LABEL_PREFIX, LABEL_CRI_IMAGE_LAYERS, LABEL_CRI_IMAGE_REF, LABEL_CRI_LAYER_DIGEST,
     LABEL_CRI_MANIFEST_DIGEST, LABEL_STARGZ_DIGEST, LABEL_STARGZ_LAYERS, LABEL_STARGZ_REFERENCE,
     LABEL_TARGET_REF, MAX_LABEL_BYTES,

@@ -48,12 +48,11 @@ pub(super) async fn find_toc_retrying(
         let result = find_toc(source, descriptor, limits, config, budget, tocs).await;
         if let (Err(err), Some(tocs)) = (&result, tocs) {
             if tocs.holds(&descriptor.digest) {
-                // What was kept may be what failed: the next attempt reads the registry.
+                // What was kept may be what failed: read the registry instead, without counting an attempt
+                // (a failed read keeps nothing, so this happens once).
                 warn!(layer = %descriptor.digest, error = %error_chain(err), "the kept TOC did not check out; reading it again");
                 tocs.remove(&descriptor.digest);
-                if attempt >= attempts {
-                    attempt -= 1;
-                }
+                continue;
             }
         }
         match result {

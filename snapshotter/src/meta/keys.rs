@@ -219,15 +219,8 @@ pub fn validate_digest(digest: &str) -> Result<(), MetaError> {
 /// Labels follow containerd's rules on every record that has them (namespaces, images, content
 /// references, containers): a non-empty key, key and value together at most 4096 bytes.
 pub fn validate_labels(labels: &Labels) -> Result<(), MetaError> {
-    for (key, value) in labels {
-        if let Some(reason) = skiff_types::label_problem(key, value) {
-            return Err(MetaError::InvalidLabel {
-                label: skiff_types::shorten_for_error(key),
-                reason,
-            });
-        }
-    }
-    Ok(())
+    skiff_types::check_labels(labels)
+        .map_err(|(label, reason)| MetaError::InvalidLabel { label, reason })
 }
 
 #[cfg(test)]

@@ -226,15 +226,8 @@ pub const MAX_LABEL_LEN: usize = 4096;
 
 /// containerd's label rules: a non-empty key, key and value together at most 4096 bytes.
 pub fn validate_labels(labels: &Labels) -> Result<(), SnapshotError> {
-    for (key, value) in labels {
-        if let Some(reason) = skiff_types::label_problem(key, value) {
-            return Err(SnapshotError::InvalidLabel {
-                label: skiff_types::shorten_for_error(key),
-                reason,
-            });
-        }
-    }
-    Ok(())
+    skiff_types::check_labels(labels)
+        .map_err(|(label, reason)| SnapshotError::InvalidLabel { label, reason })
 }
 
 /// The snapshots of one skiffd root. Cheap to clone; clones share the lock.
