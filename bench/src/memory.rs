@@ -5,6 +5,7 @@
 //! files the lazy mounts hold, and reads skiffd's `VmRSS` and `VmHWM` (the peak) from `/proc`. The bound
 //! it compares with: `[cache] memory_bytes` + 64 MiB + 8 MiB per 10,000 mounted files.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -36,10 +37,11 @@ pub struct Row {
     pub run: usize,
     /// The image pulled last; the rows before it pulled the others.
     pub image: String,
-    /// Lazy layers mounted, and the files, directories and links their trees hold, over every image so far.
+    /// Lazy layers mounted (shared layers once), and the files, directories and links their trees hold,
+    /// over every image so far.
     pub lazy_layers: usize,
     pub mounted_files: u64,
-    /// Compressed bytes skiffd's lazy layers fetched, over every image so far.
+    /// Compressed bytes skiffd's lazy layers fetched, over every image so far (shared layers once).
     pub bytes_fetched: u64,
     pub memory_bytes: u64,
     pub rss_bytes: u64,
@@ -83,18 +85,14 @@ pub fn run(args: &MemoryArgs, runtime: &Handle) -> Result<()> {
         let first = format!("{}/{}", link.addr(), images[0]);
         let (skiffd, _config) = fresh_skiffd(&first, true)?;
         let pid = skiffd.pid().context("skiffd has no pid")?;
+        // What each lazy layer (by digest: images share layers, and a shared layer is one mount) fetched.
+        let mut fetched: BTreeMap<String, u64> = BTreeMap::new();
         for image in &images {
             let reference = format!("{}/{image}", link.addr());
-            pull_whole(&skiffd, &reference, Duration::from_secs(args.timeout_secs))
+            let layers = pull_whole(&skiffd, &reference, Duration::from_secs(args.timeout_secs))
                 .with_context(|| format!("{reference} run {run}"))?;
-            let (lazy_layers, bytes_fetched) = images
-                .iter()
-                .take_while(|i| *i != image)
-                .chain(std::iter::once(image))
-                .map(|i| cached_chunks(&skiffd, &format!("{}/{i}", link.addr())))
-                .try_fold((0, 0), |(layers, bytes), counts| {
-                    counts.map(|c| (layers + c.lazy_layers, bytes + c.bytes_fetched))
-                })?;
+            fetched.extend(layers.into_iter().map(|l| (l.digest, l.bytes_fetched)));
+            let (lazy_layers, bytes_fetched) = (fetched.len(), fetched.values().sum());
             let mounted_files = mounted_files(skiffd.work_dir())?;
             let (rss_bytes, peak_rss_bytes) = rss(pid)?;
             let bound_bytes = bound(memory_bytes, mounted_files);
@@ -135,8 +133,9 @@ pub fn run(args: &MemoryArgs, runtime: &Handle) -> Result<()> {
     Ok(())
 }
 
-/// `skiff image pull` (lazily), then waits until every lazy layer of it is wholly cached.
-fn pull_whole(skiffd: &Skiffd, reference: &str, timeout: Duration) -> Result<()> {
+/// `skiff image pull` (lazily), then waits until every lazy layer of it is wholly cached; returns what its
+/// lazy layers fetched.
+fn pull_whole(skiffd: &Skiffd, reference: &str, timeout: Duration) -> Result<Vec<LayerFetch>> {
     let pulled = skiff(skiffd, &["image", "pull", "--plain-http", reference])?;
     if !pulled.status.success() {
         bail!(
@@ -148,34 +147,33 @@ fn pull_whole(skiffd: &Skiffd, reference: &str, timeout: Duration) -> Result<()>
     let deadline = Instant::now() + timeout;
     loop {
         crate::coldstart::check_interrupted()?;
-        let counts = cached_chunks(skiffd, reference)?;
-        if counts.lazy_layers == 0 {
+        let layers = lazy_layers(skiffd, reference)?;
+        if layers.is_empty() {
             bail!("{reference} has no lazy layer: nothing to fetch in the background");
         }
-        if counts.cached >= counts.total {
-            return Ok(());
+        let (cached, total) = layers.iter().fold((0, 0), |(c, t), l| {
+            (c + l.chunks_cached, t + l.chunks_total)
+        });
+        if cached >= total {
+            return Ok(layers);
         }
         if Instant::now() >= deadline {
-            bail!(
-                "background fetching brought {} of {} chunks in {timeout:?}",
-                counts.cached,
-                counts.total
-            );
+            bail!("background fetching brought {cached} of {total} chunks in {timeout:?}");
         }
         std::thread::sleep(Duration::from_secs(1));
     }
 }
 
-/// Chunks of an image's lazy layers, and how many are cached.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ChunkCounts {
-    pub lazy_layers: usize,
-    pub total: u64,
-    pub cached: u64,
+/// One lazy layer of `skiff image info --json`: its chunks, how many are cached, what it fetched.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LayerFetch {
+    pub digest: String,
+    pub chunks_total: u64,
+    pub chunks_cached: u64,
     pub bytes_fetched: u64,
 }
 
-fn cached_chunks(skiffd: &Skiffd, reference: &str) -> Result<ChunkCounts> {
+fn lazy_layers(skiffd: &Skiffd, reference: &str) -> Result<Vec<LayerFetch>> {
     let output = skiff(skiffd, &["image", "info", "--json", reference])?;
     if !output.status.success() {
         bail!(
@@ -183,29 +181,36 @@ fn cached_chunks(skiffd: &Skiffd, reference: &str) -> Result<ChunkCounts> {
             String::from_utf8_lossy(&output.stderr).trim_end()
         );
     }
-    parse_chunk_counts(&output.stdout)
+    parse_lazy_layers(&output.stdout)
 }
 
-/// Sums the chunk counters of `skiff image info --json` over the lazy layers.
-pub fn parse_chunk_counts(json: &[u8]) -> Result<ChunkCounts> {
+/// The lazy layers of `skiff image info --json` output (those with a `fetch`).
+pub fn parse_lazy_layers(json: &[u8]) -> Result<Vec<LayerFetch>> {
     let value: serde_json::Value =
         serde_json::from_slice(json).context("skiff image info --json is not JSON")?;
     let layers = value["layers"]
         .as_array()
         .context("skiff image info --json has no layers")?;
-    let mut counts = ChunkCounts::default();
-    for fetch in layers.iter().map(|l| &l["fetch"]).filter(|f| !f.is_null()) {
-        let counter = |name: &str| {
-            fetch[name]
-                .as_u64()
-                .with_context(|| format!("a layer's fetch has no {name}"))
-        };
-        counts.lazy_layers += 1;
-        counts.total += counter("chunks_total")?;
-        counts.cached += counter("chunks_cached")?;
-        counts.bytes_fetched += counter("bytes_fetched")?;
-    }
-    Ok(counts)
+    layers
+        .iter()
+        .filter(|l| !l["fetch"].is_null())
+        .map(|layer| {
+            let counter = |name: &str| {
+                layer["fetch"][name]
+                    .as_u64()
+                    .with_context(|| format!("a layer's fetch has no {name}"))
+            };
+            Ok(LayerFetch {
+                digest: layer["digest"]
+                    .as_str()
+                    .context("a layer has no digest")?
+                    .to_owned(),
+                chunks_total: counter("chunks_total")?,
+                chunks_cached: counter("chunks_cached")?,
+                bytes_fetched: counter("bytes_fetched")?,
+            })
+        })
+        .collect()
 }
 
 /// Entries in the trees of the lazy mounts under `dir` (metadata only: the FUSE layer answers from its
@@ -302,20 +307,25 @@ mod tests {
     }
 
     #[test]
-    fn chunk_counts_sum_the_lazy_layers_only() {
-        let json = br#"{"layers":[{"fetch":null},
-            {"fetch":{"chunks_total":10,"chunks_cached":4,"bytes_fetched":100}},
-            {"fetch":{"chunks_total":5,"chunks_cached":5,"bytes_fetched":50}}]}"#;
+    fn the_lazy_layers_are_read_with_their_counters() {
+        let json = br#"{"layers":[{"digest":"sha256:a","fetch":null},
+            {"digest":"sha256:b","fetch":{"chunks_total":10,"chunks_cached":4,"bytes_fetched":100}},
+            {"digest":"sha256:c","fetch":{"chunks_total":5,"chunks_cached":5,"bytes_fetched":50}}]}"#;
+        let layer = |digest: &str, chunks_total, chunks_cached, bytes_fetched| LayerFetch {
+            digest: digest.to_owned(),
+            chunks_total,
+            chunks_cached,
+            bytes_fetched,
+        };
         assert_eq!(
-            parse_chunk_counts(json).unwrap(),
-            ChunkCounts {
-                lazy_layers: 2,
-                total: 15,
-                cached: 9,
-                bytes_fetched: 150
-            }
+            parse_lazy_layers(json).unwrap(),
+            vec![layer("sha256:b", 10, 4, 100), layer("sha256:c", 5, 5, 50)]
         );
-        assert!(parse_chunk_counts(br#"{"layers":[{"fetch":{}}]}"#).is_err());
+        assert!(parse_lazy_layers(br#"{"layers":[{"digest":"sha256:b","fetch":{}}]}"#).is_err());
+        assert!(parse_lazy_layers(
+            br#"{"layers":[{"fetch":{"chunks_total":1,"chunks_cached":1,"bytes_fetched":1}}]}"#
+        )
+        .is_err());
     }
 
     #[test]
